@@ -1,0 +1,200 @@
+//! The harness every integration test shares: a connection to the local control plane that
+//! `cargo xtask test` starts, a fresh namespace per test, clients for ServiceAccounts and for the
+//! non-admin users of the cluster's token file, and `eventually` for conditions that take time.
+//!
+//! Tests fail (never skip) when no cluster is reachable: a test that cannot fail proves nothing.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedContext};
+use kube::{Api, Client, Config, Resource};
+
+/// The local cluster, as the admin sees it.
+#[derive(Clone)]
+pub struct Cluster {
+    kubeconfig: Kubeconfig,
+    admin: Client,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects with the kubeconfig in `KUBECONFIG` (written by `cargo xtask cluster up`).
+    pub async fn connect() -> Self {
+        let path = std::env::var("KUBECONFIG").expect(
+            "KUBECONFIG is not set: run the integration tests through `cargo xtask test`, \
+             or start `cargo xtask cluster up` and `eval $(cargo xtask cluster env)` first",
+        );
+        let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let admin = client_for_context(&kubeconfig, "admin").await;
+        Self { kubeconfig, admin }
+    }
+
+    pub fn admin(&self) -> Client {
+        self.admin.clone()
+    }
+
+    /// A client for one of the token-file users without any rights (`alice`, `bob`, `carol`).
+    pub async fn user(&self, name: &str) -> Client {
+        client_for_context(&self.kubeconfig, name).await
+    }
+
+    /// A fresh namespace named `<prefix>-<unique>`, ready for pods (its `default` ServiceAccount exists).
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}-{}", unique_suffix());
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "jitsi-k8s.test/namespace": "true" } }
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(self.admin())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        // Pods are refused until the controller-manager has made the namespace's default ServiceAccount.
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin(), &name);
+        eventually(
+            "the namespace's default ServiceAccount",
+            Duration::from_secs(30),
+            || async { accounts.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        TestNamespace {
+            name,
+            client: self.admin(),
+        }
+    }
+
+    /// Creates the ServiceAccount when missing and returns a client authenticated with a fresh token of it.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> Client {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin(), namespace);
+        if accounts
+            .get_opt(name)
+            .await
+            .expect("reading ServiceAccount")
+            .is_none()
+        {
+            let account: ServiceAccount =
+                serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))
+                    .expect("sa object");
+            accounts
+                .create(&PostParams::default(), &account)
+                .await
+                .expect("creating ServiceAccount");
+        }
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .expect("requesting a ServiceAccount token")
+            .status
+            .expect("TokenRequest has a status")
+            .token
+            .expect("TokenRequest status carries a token");
+        self.client_with_token(&format!("{namespace}/{name}"), &token)
+            .await
+    }
+
+    /// A client for the same API server that authenticates with `token`.
+    pub async fn client_with_token(&self, label: &str, token: &str) -> Client {
+        let mut kubeconfig = self.kubeconfig.clone();
+        let auth_info: NamedAuthInfo =
+            serde_json::from_value(serde_json::json!({ "name": label, "user": { "token": token } }))
+                .expect("auth info from token");
+        let context: NamedContext = serde_json::from_value(
+            serde_json::json!({ "name": label, "context": { "cluster": "local", "user": label } }),
+        )
+        .expect("context for token");
+        kubeconfig.auth_infos.push(auth_info);
+        kubeconfig.contexts.push(context);
+        client_for_context(&kubeconfig, label).await
+    }
+}
+
+async fn client_for_context(kubeconfig: &Kubeconfig, context: &str) -> Client {
+    let options = KubeConfigOptions {
+        context: Some(context.to_owned()),
+        ..Default::default()
+    };
+    let config = Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig context {context}: {e}"));
+    Client::try_from(config).unwrap_or_else(|e| panic!("client for {context}: {e}"))
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed =
+        nanos ^ std::process::id().rotate_left(16) ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(24);
+    format!("{mixed:08x}")
+}
+
+/// A namespace owned by one test.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    /// An API for namespaced objects of this namespace, as the admin.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Deletes the namespace (and with it everything the test made). Call at the end of a passing test;
+    /// a failing test leaves its namespace for inspection.
+    pub async fn delete(self) {
+        let _ = Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+    }
+}
+
+/// Polls `check` every 100 ms until it yields `Some`, and returns that; panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

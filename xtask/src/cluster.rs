@@ -1,0 +1,737 @@
+//! `cargo xtask cluster up | down | status | env`: a real Kubernetes control plane on 127.0.0.1.
+//!
+//! etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built
+//! from the Kubernetes Go modules), and KWOK pretending to be the kubelets of a few fake Nodes. Every
+//! process listens on loopback only, on ports picked free at start; everything the cluster writes lives
+//! in one state folder that `down` removes.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::gobuild::{self, GoProgram};
+use crate::packages::which;
+use crate::paths::Paths;
+use crate::{pki, process};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Start the cluster (reuses a healthy running one; cleans up after a crashed one).
+    Up,
+    /// Stop every process the cluster started and remove its state.
+    Down,
+    /// Say what runs: processes, memory, apiserver readiness, nodes.
+    Status,
+    /// Print `export KUBECONFIG=...` for the running cluster.
+    Env,
+}
+
+pub fn run(paths: &Paths, action: Action) -> Result<ExitCode> {
+    match action {
+        Action::Up => {
+            up(paths)?;
+            println!("export KUBECONFIG={}", paths.kubeconfig().display());
+        }
+        Action::Down => down(paths)?,
+        Action::Status => return status(paths),
+        Action::Env => {
+            ensure!(
+                load_state(paths).is_some(),
+                "no local cluster is running; start one with `cargo xtask cluster up`"
+            );
+            println!("export KUBECONFIG={}", paths.kubeconfig().display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Service CIDR; its first address is the `kubernetes` Service, named in the serving certificate.
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// Pod IPs handed out by KWOK; must not overlap the Service CIDR.
+const POD_CIDR: &str = "10.244.0.0/16";
+pub const NODE_PORT_RANGE: &str = "30000-32767";
+const PROMETHEUS_OPERATOR_CRDS: [&str; 3] = [
+    "monitoring.coreos.com_podmonitors.yaml",
+    "monitoring.coreos.com_servicemonitors.yaml",
+    "monitoring.coreos.com_prometheusrules.yaml",
+];
+
+/// Fake Nodes: name, zone, InternalIP. Loopback addresses, so a NodePort "on a node" is an address of
+/// this machine.
+const NODES: [(&str, &str, &str); 3] = [
+    ("kwok-node-0", "zone-a", "127.0.10.1"),
+    ("kwok-node-1", "zone-b", "127.0.10.2"),
+    ("kwok-node-2", "zone-a", "127.0.10.3"),
+];
+
+/// Users of the token file. `system:masters` members are cluster admins; the others start with no
+/// rights at all, for RBAC tests.
+const USERS: [(&str, &str); 7] = [
+    ("admin", "system:masters"),
+    ("system:kube-controller-manager", "system:masters"),
+    ("system:kube-scheduler", "system:masters"),
+    ("kwok", "system:masters"),
+    ("alice", ""),
+    ("bob", ""),
+    ("carol", ""),
+];
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    kubernetes_version: String,
+    kwok_version: String,
+    apiserver_port: u16,
+    etcd_client_port: u16,
+    scheduler_port: u16,
+    processes: Vec<Running>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Running {
+    name: String,
+    pid: u32,
+    log: PathBuf,
+}
+
+fn state_file(paths: &Paths) -> PathBuf {
+    paths.cluster.join("state.json")
+}
+
+fn load_state(paths: &Paths) -> Option<State> {
+    let text = std::fs::read_to_string(state_file(paths)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn save_state(paths: &Paths, state: &State) -> Result<()> {
+    let tmp = paths.cluster.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, state_file(paths))?;
+    Ok(())
+}
+
+/// Whether the cluster described by the state file is up and answering.
+fn is_healthy(paths: &Paths, state: &State) -> bool {
+    state
+        .processes
+        .iter()
+        .all(|p| process::is_ours(p.pid, &paths.cluster))
+        && kubectl(paths, &["get", "--raw=/readyz", "--request-timeout=5s"]).is_ok()
+}
+
+/// Starts the cluster unless a healthy one runs. Returns true when this call started it.
+pub fn up(paths: &Paths) -> Result<bool> {
+    if let Some(state) = load_state(paths) {
+        if is_healthy(paths, &state) {
+            println!(
+                "==> the local cluster is already running (Kubernetes {})",
+                state.kubernetes_version
+            );
+            return Ok(false);
+        }
+        println!("==> found a local cluster that is not healthy (a crashed earlier run?): cleaning it up");
+    }
+    down_quietly(paths)?;
+
+    let started = Instant::now();
+    let modules = paths.control_plane_modules();
+    let kubernetes_bin = gobuild::KUBERNETES.ensure_built(&modules, &paths.cache)?;
+    let kwok_bin = gobuild::KWOK.ensure_built(&modules, &paths.cache)?;
+    let etcd = gobuild::ETCD.ensure_built(&modules, &paths.cache)?.join("etcd");
+    which("kubectl").context("kubectl is not installed")?;
+
+    let dir = &paths.cluster;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let pki = pki::generate(&dir.join("pki"), KUBERNETES_SERVICE_IP)?;
+
+    let mut state = State {
+        kubernetes_version: gobuild::KUBERNETES.version(&modules)?,
+        kwok_version: gobuild::KWOK.version(&modules)?,
+        apiserver_port: process::free_port()?,
+        etcd_client_port: process::free_port()?,
+        scheduler_port: process::free_port()?,
+        processes: Vec::new(),
+    };
+    let etcd_peer_port = process::free_port()?;
+    let tokens = write_credentials(paths, &pki, state.apiserver_port)?;
+    println!(
+        "==> starting Kubernetes {} on https://127.0.0.1:{}",
+        state.kubernetes_version, state.apiserver_port
+    );
+
+    let etcd_client = format!("http://127.0.0.1:{}", state.etcd_client_port);
+    let etcd_peer = format!("http://127.0.0.1:{etcd_peer_port}");
+    let etcd_args = args(&[
+        "--name=default",
+        &format!("--data-dir={}", dir.join("etcd").display()),
+        &format!("--listen-client-urls={etcd_client}"),
+        &format!("--advertise-client-urls={etcd_client}"),
+        &format!("--listen-peer-urls={etcd_peer}"),
+        &format!("--initial-advertise-peer-urls={etcd_peer}"),
+        &format!("--initial-cluster=default={etcd_peer}"),
+        "--log-level=warn",
+        // A throw-away test cluster: losing the last writes on a machine crash does not matter.
+        "--unsafe-no-fsync",
+    ]);
+    start(paths, &mut state, "etcd", &etcd, &etcd_args)?;
+    let etcd_alive = state.processes[0].clone();
+    process::wait_for_port(state.etcd_client_port, Duration::from_secs(30), || {
+        process::is_running(etcd_alive.pid)
+    })
+    .with_context(|| format!("etcd did not start:\n{}", process::log_tail(&etcd_alive.log, 20)))?;
+
+    let apiserver_args = args(&[
+        &format!("--etcd-servers={etcd_client}"),
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        &format!("--secure-port={}", state.apiserver_port),
+        &format!("--tls-cert-file={}", pki.serving_cert.display()),
+        &format!("--tls-private-key-file={}", pki.serving_key.display()),
+        &format!("--client-ca-file={}", pki.ca_cert.display()),
+        &format!("--token-auth-file={}", tokens.display()),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        &format!("--service-account-key-file={}", pki.service_account_pub.display()),
+        &format!(
+            "--service-account-signing-key-file={}",
+            pki.service_account_key.display()
+        ),
+        &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        &format!("--service-node-port-range={NODE_PORT_RANGE}"),
+        "--authorization-mode=RBAC",
+        "--allow-privileged=true",
+        "--endpoint-reconciler-type=none",
+        "--profiling=false",
+        &format!("--cert-dir={}", dir.join("pki").display()),
+    ]);
+    start(
+        paths,
+        &mut state,
+        "kube-apiserver",
+        &kubernetes_bin.join("kube-apiserver"),
+        &apiserver_args,
+    )?;
+    wait_until_ready(paths, &state, "kube-apiserver", Duration::from_secs(180))?;
+    println!("==> kube-apiserver ready after {:.1?}", started.elapsed());
+
+    install_prometheus_operator_crds(paths)?;
+
+    let controller_manager_args = args(&[
+        &format!(
+            "--kubeconfig={}",
+            dir.join("kube-controller-manager.kubeconfig").display()
+        ),
+        "--leader-elect=false",
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+        &format!("--root-ca-file={}", pki.ca_cert.display()),
+        &format!(
+            "--service-account-private-key-file={}",
+            pki.service_account_key.display()
+        ),
+        "--use-service-account-credentials=false",
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
+        "--concurrent-statefulset-syncs=10",
+        "--profiling=false",
+    ]);
+    start(
+        paths,
+        &mut state,
+        "kube-controller-manager",
+        &kubernetes_bin.join("kube-controller-manager"),
+        &controller_manager_args,
+    )?;
+
+    let scheduler_kubeconfig = dir.join("kube-scheduler.kubeconfig");
+    let scheduler_args = args(&[
+        &format!("--kubeconfig={}", scheduler_kubeconfig.display()),
+        &format!("--authentication-kubeconfig={}", scheduler_kubeconfig.display()),
+        &format!("--authorization-kubeconfig={}", scheduler_kubeconfig.display()),
+        "--leader-elect=false",
+        "--bind-address=127.0.0.1",
+        &format!("--secure-port={}", state.scheduler_port),
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
+        "--profiling=false",
+    ]);
+    start(
+        paths,
+        &mut state,
+        "kube-scheduler",
+        &kubernetes_bin.join("kube-scheduler"),
+        &scheduler_args,
+    )?;
+
+    let stages = write_kwok_stages(paths, &gobuild::KWOK)?;
+    let mut kwok_args = args(&[
+        &format!("--kubeconfig={}", dir.join("kwok.kubeconfig").display()),
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        "--node-lease-duration-seconds=40",
+        &format!("--cidr={POD_CIDR}"),
+        "--node-ip=127.0.10.1",
+    ]);
+    kwok_args.extend(stages.iter().map(|stage| format!("--config={}", stage.display())));
+    start(paths, &mut state, "kwok", &kwok_bin.join("kwok"), &kwok_args)?;
+
+    create_nodes(paths)?;
+    wait_for_nodes(paths, &state)?;
+    println!(
+        "==> local cluster up in {:.1?}: {} KWOK nodes Ready, kubeconfig {}",
+        started.elapsed(),
+        NODES.len(),
+        paths.kubeconfig().display()
+    );
+    Ok(true)
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|arg| (*arg).to_owned()).collect()
+}
+
+fn start(paths: &Paths, state: &mut State, name: &str, program: &Path, args: &[String]) -> Result<()> {
+    let log = paths.cluster.join("logs").join(format!("{name}.log"));
+    let pid = process::spawn(program, args, &log)?;
+    state.processes.push(Running {
+        name: name.to_owned(),
+        pid,
+        log,
+    });
+    // Saved after every start, so a crash half-way through `up` still lets the next run stop these.
+    save_state(paths, state)
+}
+
+fn wait_until_ready(paths: &Paths, state: &State, name: &str, timeout: Duration) -> Result<()> {
+    let running = state
+        .processes
+        .iter()
+        .find(|p| p.name == name)
+        .context("process not started")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if kubectl(paths, &["get", "--raw=/readyz", "--request-timeout=5s"]).is_ok() {
+            return Ok(());
+        }
+        if !process::is_running(running.pid) {
+            bail!(
+                "{name} exited during start-up:\n{}",
+                process::log_tail(&running.log, 30)
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{name} was not ready within {timeout:?}:\n{}",
+                process::log_tail(&running.log, 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Writes the token file and a kubeconfig per user; returns the token file's path.
+fn write_credentials(paths: &Paths, pki: &pki::Pki, apiserver_port: u16) -> Result<PathBuf> {
+    let dir = &paths.cluster;
+    let server = format!("https://127.0.0.1:{apiserver_port}");
+    let mut token_file = String::new();
+    let mut users = Vec::new();
+    for (index, (user, groups)) in USERS.iter().enumerate() {
+        let token = random_token()?;
+        writeln!(token_file, "{token},{user},uid-{index},\"{groups}\"")?;
+        users.push((*user, token));
+    }
+    let tokens = dir.join("pki/tokens.csv");
+    std::fs::write(&tokens, token_file)?;
+    let kubeconfig = |entries: &[(&str, String)], current: &str| -> String {
+        let mut text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {}\n",
+            pki.ca_cert.display()
+        );
+        text.push_str("users:\n");
+        for (user, token) in entries {
+            text.push_str(&format!("- name: {user}\n  user:\n    token: {token}\n"));
+        }
+        text.push_str("contexts:\n");
+        for (user, _) in entries {
+            let context = context_name(user);
+            text.push_str(&format!(
+                "- name: {context}\n  context:\n    cluster: local\n    user: {user}\n"
+            ));
+        }
+        text.push_str(&format!("current-context: {}\n", context_name(current)));
+        text
+    };
+    let humans: Vec<(&str, String)> = users
+        .iter()
+        .filter(|(user, _)| !user.starts_with("system:") && *user != "kwok")
+        .cloned()
+        .collect();
+    std::fs::write(paths.kubeconfig(), kubeconfig(&humans, "admin"))?;
+    for (user, file) in [
+        (
+            "system:kube-controller-manager",
+            "kube-controller-manager.kubeconfig",
+        ),
+        ("system:kube-scheduler", "kube-scheduler.kubeconfig"),
+        ("kwok", "kwok.kubeconfig"),
+    ] {
+        let entry: Vec<(&str, String)> = users.iter().filter(|(u, _)| *u == user).cloned().collect();
+        std::fs::write(dir.join(file), kubeconfig(&entry, user))?;
+    }
+    Ok(tokens)
+}
+
+fn context_name(user: &str) -> String {
+    user.trim_start_matches("system:").to_owned()
+}
+
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn install_prometheus_operator_crds(paths: &Paths) -> Result<()> {
+    let wrapper = paths.control_plane_modules().join("prometheus-operator");
+    let module = "github.com/prometheus-operator/prometheus-operator";
+    let version = gobuild::pinned_version(&wrapper, module)?;
+    let source = gobuild::module_source_dir(&wrapper, module, &version)?;
+    let crd_dir = source.join("example/prometheus-operator-crd");
+    let mut apply = vec![
+        "apply".to_owned(),
+        "--server-side".to_owned(),
+        "--field-manager=xtask".to_owned(),
+    ];
+    for file in PROMETHEUS_OPERATOR_CRDS {
+        apply.push(format!("--filename={}", crd_dir.join(file).display()));
+    }
+    kubectl_owned(paths, &apply, None).context("installing the Prometheus Operator CRDs")?;
+    kubectl(
+        paths,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/podmonitors.monitoring.coreos.com",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ],
+    )?;
+    println!("==> Prometheus Operator {version} CRDs installed: PodMonitor, ServiceMonitor, PrometheusRule");
+    Ok(())
+}
+
+/// KWOK has no built-in stages. We use its `general` pod stages — which, like a kubelet, delete a pod
+/// only once its finalizers are gone — and take out their artificial 1–6 s delays so tests run fast.
+/// A test can still slow one pod down with KWOK's per-pod delay annotations.
+fn write_kwok_stages(paths: &Paths, kwok: &GoProgram) -> Result<Vec<PathBuf>> {
+    let source = kwok
+        .module_dir(&paths.control_plane_modules())?
+        .join("kustomize/stage");
+    let out = paths.cluster.join("kwok-stages");
+    std::fs::create_dir_all(&out)?;
+    let mut written = Vec::new();
+    let pod_stages = [
+        "pod-create.yaml",
+        "pod-init-container-running.yaml",
+        "pod-init-container-completed.yaml",
+        "pod-ready.yaml",
+        "pod-complete.yaml",
+        "pod-delete.yaml",
+    ];
+    for name in pod_stages {
+        let text = std::fs::read_to_string(source.join("pod/general").join(name))
+            .with_context(|| format!("reading KWOK stage {name}"))?;
+        let target = out.join(name);
+        std::fs::write(&target, without_delays(&text))?;
+        written.push(target);
+    }
+    for (folder, name) in [
+        ("node/fast", "node-initialize.yaml"),
+        ("node/heartbeat-with-lease", "node-heartbeat-with-lease.yaml"),
+    ] {
+        let target = out.join(name);
+        std::fs::copy(source.join(folder).join(name), &target)
+            .with_context(|| format!("copying KWOK stage {name}"))?;
+        written.push(target);
+    }
+    Ok(written)
+}
+
+/// Sets a stage's fixed delays and jitter to zero and drops the jitter "until the deletion timestamp"
+/// (which makes a deleted pod linger for a random part of its grace period). The per-pod annotation
+/// overrides (`durationFrom`, `jitterDurationFrom` on annotations) stay.
+fn without_delays(stage: &str) -> String {
+    let lines: Vec<&str> = stage.lines().collect();
+    let mut out = String::with_capacity(stage.len());
+    let mut skip_next = false;
+    for (index, line) in lines.iter().enumerate() {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if trimmed.starts_with("jitterDurationFrom:")
+            && lines
+                .get(index + 1)
+                .is_some_and(|next| next.contains("'.metadata.deletionTimestamp'"))
+        {
+            skip_next = true;
+            continue;
+        }
+        if let Some(key) = ["durationMilliseconds:", "jitterDurationMilliseconds:"]
+            .iter()
+            .find(|key| trimmed.starts_with(**key))
+        {
+            out.push_str(&format!("{indent}{key} 0\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn nodes_yaml() -> String {
+    let mut yaml = String::new();
+    for (name, zone, ip) in NODES {
+        yaml.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: \"0\"
+  labels:
+    kubernetes.io/hostname: {name}
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+    topology.kubernetes.io/region: local
+    topology.kubernetes.io/zone: {zone}
+status:
+  addresses:
+  - type: InternalIP
+    address: {ip}
+  allocatable: {{cpu: \"32\", memory: 128Gi, pods: \"1000\"}}
+  capacity: {{cpu: \"32\", memory: 128Gi, pods: \"1000\"}}
+"
+        ));
+    }
+    yaml
+}
+
+fn create_nodes(paths: &Paths) -> Result<()> {
+    // `create`, not `apply`: a Node's status is kept on create only, and KWOK keeps the addresses and
+    // capacity it finds there.
+    kubectl_owned(
+        paths,
+        &["create".to_owned(), "--filename=-".to_owned()],
+        Some(&nodes_yaml()),
+    )
+    .context("creating the fake Nodes")?;
+    Ok(())
+}
+
+fn wait_for_nodes(paths: &Paths, state: &State) -> Result<()> {
+    let kwok = state
+        .processes
+        .iter()
+        .find(|p| p.name == "kwok")
+        .context("kwok not started")?;
+    let result = kubectl(
+        paths,
+        &["wait", "--for=condition=Ready", "--timeout=90s", "node", "--all"],
+    );
+    result.with_context(|| {
+        format!(
+            "the KWOK nodes did not become Ready:\n{}",
+            process::log_tail(&kwok.log, 20)
+        )
+    })?;
+    Ok(())
+}
+
+/// Stops everything and removes the state; says what it did.
+pub fn down(paths: &Paths) -> Result<()> {
+    if !paths.cluster.exists() {
+        println!(
+            "==> no local cluster state at {}: nothing to stop",
+            paths.cluster.display()
+        );
+        return Ok(());
+    }
+    let stopped = down_quietly(paths)?;
+    println!(
+        "==> stopped {stopped} processes and removed {}",
+        paths.cluster.display()
+    );
+    Ok(())
+}
+
+fn down_quietly(paths: &Paths) -> Result<usize> {
+    let mut stopped = 0;
+    if let Some(state) = load_state(paths) {
+        // Reverse start order: the apiserver's clients first, etcd last.
+        for running in state.processes.iter().rev() {
+            if process::is_ours(running.pid, &paths.cluster) {
+                process::stop(running.pid, &paths.cluster, Duration::from_secs(10));
+                stopped += 1;
+            }
+        }
+    }
+    if paths.cluster.exists() {
+        std::fs::remove_dir_all(&paths.cluster)
+            .with_context(|| format!("removing {}", paths.cluster.display()))?;
+    }
+    Ok(stopped)
+}
+
+fn status(paths: &Paths) -> Result<ExitCode> {
+    let Some(state) = load_state(paths) else {
+        println!(
+            "no local cluster (state folder {} absent)",
+            paths.cluster.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    println!(
+        "Kubernetes {} (KWOK {}), API https://127.0.0.1:{}",
+        state.kubernetes_version, state.kwok_version, state.apiserver_port
+    );
+    println!(
+        "{:<26} {:>8} {:>8} {:>10}  log",
+        "process", "pid", "state", "RSS MiB"
+    );
+    let mut all_running = true;
+    for running in &state.processes {
+        let alive = process::is_ours(running.pid, &paths.cluster);
+        all_running &= alive;
+        let rss = if alive {
+            rss_mib(running.pid)
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<26} {:>8} {:>8} {:>10}  {}",
+            running.name,
+            running.pid,
+            if alive { "running" } else { "DEAD" },
+            rss,
+            running.log.display()
+        );
+    }
+    let ready = kubectl(paths, &["get", "--raw=/readyz", "--request-timeout=5s"]).is_ok();
+    println!("apiserver /readyz: {}", if ready { "ok" } else { "NOT READY" });
+    if ready
+        && let Ok(out) = kubectl(
+            paths,
+            &["get", "nodes", "--label-columns=topology.kubernetes.io/zone"],
+        )
+    {
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    println!("export KUBECONFIG={}", paths.kubeconfig().display());
+    Ok(if all_running && ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn kubectl(paths: &Paths, args: &[&str]) -> Result<Output> {
+    let owned: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    kubectl_owned(paths, &owned, None)
+}
+
+fn kubectl_owned(paths: &Paths, args: &[String], stdin: Option<&str>) -> Result<Output> {
+    let mut command = Command::new("kubectl");
+    command
+        .arg(format!("--kubeconfig={}", paths.kubeconfig().display()))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().context("running kubectl")?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::io::Write::write_all(&mut pipe, input.as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD_DELETE: &str = "spec:
+  delay:
+    durationMilliseconds: 1000
+    durationFrom:
+      expressionFrom: '.metadata.annotations[\"pod-delete.stage.kwok.x-k8s.io/delay\"]'
+    jitterDurationFrom:
+      expressionFrom: '.metadata.deletionTimestamp'
+  next:
+    delete: true
+";
+
+    #[test]
+    fn without_delays_zeroes_delays_and_drops_grace_period_jitter() {
+        let quick = without_delays(POD_DELETE);
+        assert!(quick.contains("    durationMilliseconds: 0\n"), "{quick}");
+        assert!(!quick.contains("deletionTimestamp"), "{quick}");
+        assert!(!quick.contains("jitterDurationFrom"), "{quick}");
+        assert!(
+            quick.contains("pod-delete.stage.kwok.x-k8s.io/delay"),
+            "annotation override kept: {quick}"
+        );
+        assert!(quick.contains("    delete: true"), "{quick}");
+    }
+
+    #[test]
+    fn without_delays_keeps_annotation_jitter_and_zeroes_fixed_jitter() {
+        let stage = "  delay:\n    jitterDurationMilliseconds: 5000\n    jitterDurationFrom:\n      expressionFrom: '.metadata.annotations[\"x\"]'\n";
+        let quick = without_delays(stage);
+        assert!(quick.contains("jitterDurationMilliseconds: 0"));
+        assert!(quick.contains("jitterDurationFrom:\n      expressionFrom: '.metadata.annotations[\"x\"]'"));
+    }
+
+    #[test]
+    fn nodes_span_at_least_two_zones() {
+        let zones: std::collections::BTreeSet<_> = NODES.iter().map(|(_, zone, _)| *zone).collect();
+        assert!(NODES.len() >= 3 && zones.len() >= 2);
+        let yaml = nodes_yaml();
+        assert_eq!(yaml.matches("kwok.x-k8s.io/node: fake").count(), NODES.len());
+    }
+}

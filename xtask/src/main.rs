@@ -1,0 +1,56 @@
+//! Developer commands for this repository. `cargo xtask --help` lists them.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cluster;
+mod gobuild;
+mod packages;
+mod paths;
+mod pki;
+mod process;
+mod test;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Developer commands: local control plane, tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK).
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
+    /// THE test command: packages, fmt, clippy, unit tests, the local cluster, integration tests.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let paths = match paths::Paths::discover() {
+        Ok(paths) => paths,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Cluster { action } => cluster::run(&paths, action),
+        Command::Test(args) => test::run(&paths, &args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

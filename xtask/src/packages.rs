@@ -1,0 +1,63 @@
+//! The real programs the tests run, from Debian's packages: installed when missing and we are root.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// Command the tests run → the Debian package that ships it.
+const REQUIRED: [(&str, &str); 3] = [
+    ("promtool", "prometheus"),
+    ("haproxy", "haproxy"),
+    ("prosody", "prosody"),
+];
+
+/// Installs the missing packages (root only: `apt-get update` first), or says exactly what to install.
+pub fn ensure_installed() -> Result<()> {
+    which("go").context("Go is not installed: the control plane is built from the Go module proxy")?;
+    which("kubectl").context("kubectl is not installed")?;
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .filter(|(command, _)| which(command).is_err())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {list}; install them with `sudo apt-get update && sudo apt-get install -y {list}`"
+        );
+    }
+    println!("==> installing Debian packages: {list}");
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("running apt-get update")?;
+    ensure!(update.success(), "apt-get update failed ({update})");
+    let install = Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .status()
+        .context("running apt-get install")?;
+    ensure!(install.success(), "apt-get install {list} failed ({install})");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// The full path of `program` on PATH.
+pub fn which(program: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("`{program}` is not on PATH"))
+}

@@ -1,0 +1,117 @@
+//! `cargo xtask test`: the one command that checks everything, as CI runs it.
+
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::paths::Paths;
+use crate::{cluster, packages};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Leave the local cluster running afterwards, when this run started it.
+    #[arg(long)]
+    keep_cluster: bool,
+}
+
+/// One step's outcome, for the summary at the end.
+struct Step {
+    name: &'static str,
+    passed: bool,
+    took: Duration,
+}
+
+pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
+    let mut steps = Vec::new();
+    packages::ensure_installed()?;
+    let checks: [(&'static str, &[&str]); 3] = [
+        ("cargo fmt --check", &["fmt", "--all", "--check"]),
+        (
+            "cargo clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        (
+            "unit tests",
+            &[
+                "test",
+                "--workspace",
+                "--exclude",
+                "integration-tests",
+                "--locked",
+            ],
+        ),
+    ];
+    for (name, cargo_args) in checks {
+        if !step(&mut steps, name, || cargo(paths, cargo_args, &[]))? {
+            return Ok(summary(&steps));
+        }
+    }
+
+    let started_cluster = cluster::up(paths)?;
+    let kubeconfig = paths.kubeconfig().display().to_string();
+    let integration = step(&mut steps, "integration tests", || {
+        cargo(
+            paths,
+            &["test", "--package", "integration-tests", "--locked"],
+            &[("KUBECONFIG", &kubeconfig)],
+        )
+    });
+    if started_cluster && !args.keep_cluster {
+        cluster::down(paths)?;
+    }
+    integration?;
+    Ok(summary(&steps))
+}
+
+fn step(steps: &mut Vec<Step>, name: &'static str, run: impl FnOnce() -> Result<bool>) -> Result<bool> {
+    println!("==> {name}");
+    let started = Instant::now();
+    let passed = run()?;
+    steps.push(Step {
+        name,
+        passed,
+        took: started.elapsed(),
+    });
+    if !passed {
+        println!("==> {name} FAILED");
+    }
+    Ok(passed)
+}
+
+fn cargo(paths: &Paths, args: &[&str], env: &[(&str, &str)]) -> Result<bool> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .current_dir(&paths.repo)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    Ok(status.success())
+}
+
+fn summary(steps: &[Step]) -> ExitCode {
+    println!("\n==> summary");
+    for step in steps {
+        println!(
+            "    {:<20} {:<6} {:>8.1?}",
+            step.name,
+            if step.passed { "ok" } else { "FAILED" },
+            step.took
+        );
+    }
+    if steps.iter().all(|s| s.passed) {
+        println!("==> all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
