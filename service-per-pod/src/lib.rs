@@ -1,13 +1,15 @@
-//! Gives every pod of an opted-in StatefulSet its own NodePort Service at base port + ordinal, kept until the pod is really gone.
+//! service-per-pod: every pod of an opted-in StatefulSet gets its own NodePort Service at
+//! `base port + ordinal`, kept until that pod is really gone, so a draining Jitsi Videobridge keeps its
+//! port until its last call ends.
 //!
-//! Only the command line exists so far; the behaviour arrives with issue 3.
+//! [`annotations`] and [`desired`] are the pure core (what Services should exist); [`reconciler`]
+//! fetches from the watch caches, calls them and applies the difference; [`leader`] makes sure only one
+//! replica writes; [`runtime`] wires it all together.
 
-use daemon_kit::telemetry::LogArgs;
-
-/// Gives every pod of an opted-in StatefulSet its own NodePort Service at base port + ordinal, kept until the pod is really gone.
-#[derive(Debug, clap::Parser)]
-#[command(name = "service-per-pod", version)]
-pub struct Cli {
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+pub mod annotations;
+pub mod cli;
+pub mod desired;
+pub mod leader;
+pub mod metrics;
+pub mod reconciler;
+pub mod runtime;

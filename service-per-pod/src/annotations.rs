@@ -1,0 +1,263 @@
+//! The opt-in contract of a StatefulSet: its `service-per-pod/*` annotations, parsed strictly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub const BASE_PORT: &str = "service-per-pod/base-port";
+pub const PROTOCOLS: &str = "service-per-pod/protocols";
+pub const LABEL: &str = "service-per-pod/label";
+/// The annotation of the design we replace; means the same as [`LABEL`].
+pub const LEGACY_LABEL: &str = "service-per-pod-label";
+/// Set on every pod by the StatefulSet controller, so it selects exactly one pod.
+pub const DEFAULT_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Udp,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Udp => "UDP",
+            Protocol::Tcp => "TCP",
+        }
+    }
+
+    /// The port entry's name: Services with several ports need one, and it must be a DNS label.
+    pub fn port_name(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A StatefulSet that asked for per-pod Services, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptIn {
+    pub base_port: u16,
+    /// Sorted, without duplicates, never empty.
+    pub protocols: Vec<Protocol>,
+    /// The pod label the Services select on; its value is the pod's name.
+    pub selector_label: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidAnnotation {
+    #[error("annotation {BASE_PORT} is {value:?}, which is not a port number (1-65535)")]
+    BasePort { value: String },
+    #[error("annotation {PROTOCOLS} is {value:?}; expected a comma-separated list of UDP and TCP")]
+    Protocols { value: String },
+    #[error("annotation {annotation} is {value:?}, which is not a valid label key")]
+    Label { annotation: &'static str, value: String },
+}
+
+impl InvalidAnnotation {
+    /// A short CamelCase reason for Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        "InvalidAnnotation"
+    }
+}
+
+/// `Ok(None)`: the StatefulSet has not opted in (no base-port annotation).
+pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<OptIn>, InvalidAnnotation> {
+    let Some(raw_base) = annotations.get(BASE_PORT) else {
+        return Ok(None);
+    };
+    let base_port = match raw_base.trim().parse::<u16>() {
+        Ok(port) if port > 0 => port,
+        _ => {
+            return Err(InvalidAnnotation::BasePort {
+                value: raw_base.clone(),
+            });
+        }
+    };
+    let protocols = match annotations.get(PROTOCOLS) {
+        None => vec![Protocol::Udp],
+        Some(raw) => {
+            parse_protocols(raw).ok_or_else(|| InvalidAnnotation::Protocols { value: raw.clone() })?
+        }
+    };
+    let (annotation, selector_label) = match (annotations.get(LABEL), annotations.get(LEGACY_LABEL)) {
+        (Some(label), _) => (LABEL, label.trim()),
+        (None, Some(label)) => (LEGACY_LABEL, label.trim()),
+        (None, None) => (LABEL, DEFAULT_LABEL),
+    };
+    if !is_label_key(selector_label) {
+        return Err(InvalidAnnotation::Label {
+            annotation,
+            value: selector_label.to_owned(),
+        });
+    }
+    Ok(Some(OptIn {
+        base_port,
+        protocols,
+        selector_label: selector_label.to_owned(),
+    }))
+}
+
+fn parse_protocols(raw: &str) -> Option<Vec<Protocol>> {
+    let mut protocols = Vec::new();
+    for item in raw.split(',') {
+        let protocol = match item.trim().to_ascii_uppercase().as_str() {
+            "UDP" => Protocol::Udp,
+            "TCP" => Protocol::Tcp,
+            _ => return None,
+        };
+        protocols.push(protocol);
+    }
+    protocols.sort();
+    protocols.dedup();
+    Some(protocols)
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// characters — alphanumerics with `-`, `_`, `.` inside.
+pub fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    let prefix_ok = prefix.is_none_or(|prefix| {
+        !prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    });
+    name_ok && prefix_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn no_base_port_means_not_opted_in() {
+        assert_eq!(parse(&annotations(&[(PROTOCOLS, "TCP")])), Ok(None));
+    }
+
+    #[test]
+    fn defaults_are_udp_and_the_pod_name_label() {
+        let opt_in = parse(&annotations(&[(BASE_PORT, "30300")])).unwrap().unwrap();
+        assert_eq!(
+            opt_in,
+            OptIn {
+                base_port: 30300,
+                protocols: vec![Protocol::Udp],
+                selector_label: DEFAULT_LABEL.to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn protocols_are_case_insensitive_sorted_and_deduplicated() {
+        let opt_in = parse(&annotations(&[
+            (BASE_PORT, " 30400 "),
+            (PROTOCOLS, "tcp, UDP,TCP"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(opt_in.base_port, 30400);
+        assert_eq!(opt_in.protocols, vec![Protocol::Udp, Protocol::Tcp]);
+    }
+
+    #[test]
+    fn bad_base_ports_are_refused() {
+        for bad in ["", "abc", "0", "65536", "-1", "30300.5", "3e4"] {
+            assert_eq!(
+                parse(&annotations(&[(BASE_PORT, bad)])),
+                Err(InvalidAnnotation::BasePort {
+                    value: bad.to_owned()
+                }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_protocols_are_refused() {
+        for bad in ["", "SCTP", "UDP,", "UDP;TCP"] {
+            let parsed = parse(&annotations(&[(BASE_PORT, "30300"), (PROTOCOLS, bad)]));
+            assert_eq!(
+                parsed,
+                Err(InvalidAnnotation::Protocols {
+                    value: bad.to_owned()
+                }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_new_label_annotation_wins_over_the_legacy_one() {
+        let both = annotations(&[
+            (BASE_PORT, "30300"),
+            (LABEL, "example.com/jvb"),
+            (LEGACY_LABEL, "old"),
+        ]);
+        assert_eq!(parse(&both).unwrap().unwrap().selector_label, "example.com/jvb");
+        let legacy = annotations(&[(BASE_PORT, "30300"), (LEGACY_LABEL, "jvb-pod")]);
+        assert_eq!(parse(&legacy).unwrap().unwrap().selector_label, "jvb-pod");
+    }
+
+    #[test]
+    fn invalid_label_keys_are_refused_naming_the_annotation() {
+        let legacy = annotations(&[(BASE_PORT, "30300"), (LEGACY_LABEL, "not a label")]);
+        assert_eq!(
+            parse(&legacy),
+            Err(InvalidAnnotation::Label {
+                annotation: LEGACY_LABEL,
+                value: "not a label".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn label_keys() {
+        for good in [DEFAULT_LABEL, "app", "a.b-c_d", "example.com/x", "a/b"] {
+            assert!(is_label_key(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Example.com/x",
+            "/x",
+            "x/",
+            "a b",
+            &"n".repeat(64),
+            "a//b",
+        ] {
+            assert!(!is_label_key(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Command line; every flag can also be set from the environment.
+
+use std::net::SocketAddr;
+
+use daemon_kit::telemetry::LogArgs;
+
+use crate::desired::NodePortRange;
+
+/// Gives every pod of an opted-in StatefulSet its own NodePort Service (annotation
+/// `service-per-pod/base-port`), kept until the pod is really gone.
+#[derive(Debug, clap::Parser)]
+#[command(name = "service-per-pod", version)]
+pub struct Cli {
+    /// Watch StatefulSets in this namespace only (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The API server's `--service-node-port-range`: ports outside it get no Service.
+    #[arg(long, env = "NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub node_port_range: NodePortRange,
+
+    /// Address of the admin server: /livez, /readyz (once the watch caches are synced), /metrics.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Take part in leader election on a Lease, so several replicas can run and only one writes.
+    #[arg(long, env = "LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(long, env = "LEASE_NAME", default_value = "service-per-pod")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else `default`).
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a leader's Lease is valid without renewal; a standby takes over after this.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=300))]
+    pub lease_duration_seconds: u32,
+
+    /// This replica's identity in the Lease and in Events (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}

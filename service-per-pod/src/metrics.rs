@@ -1,0 +1,128 @@
+//! The controller's own metrics, all prefixed `service_per_pod_`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Bounded error categories: never a name, so the series count stays fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Category {
+    /// The API server could not be reached or answered an unexpected error (transient).
+    Api,
+    InvalidAnnotation,
+    PortOutOfRange,
+    PortConflict,
+    InvalidServiceName,
+    /// A Service of the wanted name exists and belongs to something else.
+    ForeignService,
+    /// The API server refused the node port (allocated by another Service).
+    NodePortRefused,
+}
+
+impl Category {
+    /// From the CamelCase reasons used in Events.
+    pub fn from_reason(reason: &str) -> Self {
+        match reason {
+            "InvalidAnnotation" => Category::InvalidAnnotation,
+            "PortOutOfRange" => Category::PortOutOfRange,
+            "PortConflict" => Category::PortConflict,
+            "InvalidServiceName" => Category::InvalidServiceName,
+            "ForeignService" => Category::ForeignService,
+            "NodePortRefused" => Category::NodePortRefused,
+            _ => Category::Api,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub category: Category,
+}
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub reconciles: Counter,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub managed_services: Gauge,
+    pub port_conflicts: Gauge,
+    pub leader: Gauge,
+    pub writes: Family<WriteLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub verb: Verb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Verb {
+    Apply,
+    Delete,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reconciles: Counter::default(),
+            errors: Family::default(),
+            // 1 ms .. ~4 s: a reconcile is a few cache reads and, rarely, a few API calls.
+            reconcile_duration: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 4.0,
+            ]),
+            managed_services: Gauge::default(),
+            port_conflicts: Gauge::default(),
+            leader: Gauge::default(),
+            writes: Family::default(),
+        };
+        let prefixed = registry.sub_registry_with_prefix("service_per_pod");
+        prefixed.register(
+            "reconciles",
+            "StatefulSet reconciles run",
+            metrics.reconciles.clone(),
+        );
+        prefixed.register(
+            "reconcile_errors",
+            "Reconcile problems by category (API failures, bad annotations, port conflicts, ...)",
+            metrics.errors.clone(),
+        );
+        prefixed.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile took",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.reconcile_duration.clone(),
+        );
+        prefixed.register(
+            "managed_services",
+            "Services this controller manages",
+            metrics.managed_services.clone(),
+        );
+        prefixed.register(
+            "port_conflicts",
+            "Pod ordinals currently without a Service because another StatefulSet holds their port",
+            metrics.port_conflicts.clone(),
+        );
+        prefixed.register(
+            "leader",
+            "1 while this replica is the leader and may write",
+            metrics.leader.clone(),
+        );
+        prefixed.register(
+            "service_writes",
+            "Service writes sent to the API server",
+            metrics.writes.clone(),
+        );
+        metrics
+    }
+
+    pub fn error(&self, category: Category) {
+        self.errors.get_or_create(&ErrorLabels { category }).inc();
+    }
+
+    pub fn write(&self, verb: Verb) {
+        self.writes.get_or_create(&WriteLabels { verb }).inc();
+    }
+}

@@ -1,0 +1,229 @@
+//! Wiring: the Kubernetes client, the watches, leader election, the admin server, shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use daemon_kit::admin::{self, BoundServer, Readiness};
+use daemon_kit::shutdown::Shutdown;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::PartialObjectMeta;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use prometheus_client::registry::Registry;
+
+use crate::cli::Cli;
+use crate::desired::MANAGED_SELECTOR;
+use crate::leader::{Elector, Leadership, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::reconciler::{self, Context};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot connect to Kubernetes: {0}")]
+    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::ServeError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Pods of StatefulSets carry this label; watching only them keeps the cache small.
+const STATEFULSET_POD_SELECTOR: &str = "statefulset.kubernetes.io/pod-name";
+
+pub async fn run(cli: Cli) -> Result<(), RunError> {
+    let shutdown = Shutdown::install().map_err(RunError::Signals)?;
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let identity = cli.identity.clone().unwrap_or_else(host_name);
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let admin = BoundServer::bind(cli.admin_addr).await?;
+    tracing::info!(addr = %admin.local_addr(), "admin server listening");
+    let admin_stop = shutdown.clone();
+    let admin_task = tokio::spawn(
+        admin.serve(admin::router(readiness.clone(), Arc::new(registry)), async move {
+            admin_stop.draining().await
+        }),
+    );
+
+    let leadership = if cli.leader_election {
+        let namespace = cli
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_owned());
+        let settings = LeaseSettings::new(
+            cli.lease_name.clone(),
+            namespace.clone(),
+            identity.clone(),
+            Duration::from_secs(u64::from(cli.lease_duration_seconds)),
+        );
+        let (elector, leadership) =
+            Elector::new(Api::<Lease>::namespaced(client.clone(), &namespace), settings);
+        let stop = shutdown.clone();
+        tokio::spawn(elector.run(async move { stop.draining().await }));
+        leadership
+    } else {
+        Leadership::always()
+    };
+
+    let (statefulsets, services, pods): (Api<StatefulSet>, Api<Service>, Api<PartialObjectMeta<Pod>>) =
+        match cli.namespace.as_deref() {
+            Some(namespace) => (
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client.clone(), namespace),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+
+    // Ready once every watch has listed everything once. (Not `Store::wait_until_ready`: its
+    // readiness wakes only one waiter, and the controller itself waits on the StatefulSet store.)
+    let caches = CacheSync::new(readiness.clone(), 3);
+    let (set_store, set_writer) = reflector::store();
+    let set_stream = reflector::reflector(
+        set_writer,
+        caches.track(watcher(statefulsets, watcher::Config::default()).default_backoff()),
+    )
+    .applied_objects();
+    let (service_store, service_writer) = reflector::store();
+    let service_stream = reflector::reflector(
+        service_writer,
+        caches
+            .track(watcher(services, watcher::Config::default().labels(MANAGED_SELECTOR)).default_backoff()),
+    )
+    .touched_objects();
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        // Metadata only: owner, labels and deletion state are all we need of a pod.
+        caches.track(
+            watcher(pods, watcher::Config::default().labels(STATEFULSET_POD_SELECTOR)).default_backoff(),
+        ),
+    )
+    .touched_objects();
+
+    let controller = Controller::for_stream(set_stream, set_store.clone())
+        .with_config(controller::Config::default().concurrency(4))
+        .owns_stream(service_stream)
+        .watches_stream(pod_stream, |pod: PartialObjectMeta<Pod>| {
+            let namespace = pod.namespace()?;
+            let owner = pod
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true) && o.kind == "StatefulSet")?;
+            Some(ObjectRef::<StatefulSet>::new(&owner.name).within(&namespace))
+        })
+        .reconcile_all_on(became_leader(leadership.clone(), metrics.clone()));
+
+    let reporter = Reporter {
+        controller: "service-per-pod".to_owned(),
+        instance: Some(identity),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        set_store,
+        service_store,
+        pod_store,
+        cli.node_port_range,
+        Recorder::new(client, reporter),
+        leadership,
+        metrics,
+    ));
+
+    let stop = shutdown.clone();
+    let abort = shutdown.clone();
+    let controller_run = controller
+        .graceful_shutdown_on(async move { stop.draining().await })
+        .run(reconciler::reconcile, reconciler::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        });
+    tokio::select! {
+        _ = controller_run => tracing::info!("controller stopped"),
+        _ = abort.aborting() => tracing::warn!("second stop signal: exiting without waiting"),
+    }
+    readiness.set(false);
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// A `()` each time this replica becomes the leader: everything is reconciled then, since a standby's
+/// reconciles wrote nothing.
+fn became_leader(leadership: Leadership, metrics: Metrics) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((leadership.changes(), false), move |(mut changes, was_leader)| {
+        let metrics = metrics.clone();
+        async move {
+            let mut was_leader = was_leader;
+            loop {
+                let leading = *changes.borrow_and_update();
+                metrics.leader.set(i64::from(leading));
+                if leading && !was_leader {
+                    return Some(((), (changes, true)));
+                }
+                was_leader = leading;
+                changes.changed().await.ok()?;
+            }
+        }
+    })
+}
+
+/// Counts the watches that have completed their first full list, and marks the process ready when all
+/// have.
+#[derive(Clone, Debug)]
+struct CacheSync {
+    readiness: Readiness,
+    pending: Arc<AtomicUsize>,
+}
+
+impl CacheSync {
+    fn new(readiness: Readiness, watches: usize) -> Self {
+        Self {
+            readiness,
+            pending: Arc::new(AtomicUsize::new(watches)),
+        }
+    }
+
+    fn track<K, S>(&self, stream: S) -> impl futures::Stream<Item = S::Item> + Send + use<K, S>
+    where
+        S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    {
+        let sync = self.clone();
+        let mut counted = false;
+        stream.inspect(move |event| {
+            if !counted && matches!(event, Ok(watcher::Event::InitDone)) {
+                counted = true;
+                if sync.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    tracing::info!("watch caches synced");
+                    sync.readiness.set(true);
+                }
+            }
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "service-per-pod".to_owned())
+}
