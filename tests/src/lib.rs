@@ -4,13 +4,17 @@
 //!
 //! Tests fail (never skip) when no cluster is reachable: a test that cannot fail proves nothing.
 
+pub mod daemon;
+pub mod manifests;
+pub mod service_per_pod;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedContext};
 use kube::{Api, Client, Config, Resource};
 
@@ -49,10 +53,15 @@ impl Cluster {
     }
 
     /// A fresh namespace named `<prefix>-<unique>`, ready for pods (its `default` ServiceAccount exists).
+    ///
+    /// Namespaces a failed earlier run of the same test left behind (for inspection) are deleted
+    /// first, and their Services at once: on a long-lived development cluster they would otherwise
+    /// still hold the node ports this run needs.
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        self.delete_stale_namespaces(prefix).await;
         let name = format!("{prefix}-{}", unique_suffix());
         let namespace: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name, "labels": { "jitsi-k8s.test/namespace": "true" } }
+            "metadata": { "name": name, "labels": { "jitsi-k8s.test/namespace": "true", "jitsi-k8s.test/prefix": prefix } }
         }))
         .expect("namespace object");
         Api::<Namespace>::all(self.admin())
@@ -73,6 +82,22 @@ impl Cluster {
         }
     }
 
+    async fn delete_stale_namespaces(&self, prefix: &str) {
+        let namespaces: Api<Namespace> = Api::all(self.admin());
+        let selector = format!("jitsi-k8s.test/prefix={prefix}");
+        let Ok(stale) = namespaces.list(&ListParams::default().labels(&selector)).await else {
+            return;
+        };
+        for namespace in stale.items {
+            let name = namespace.metadata.name.unwrap_or_default();
+            let services: Api<Service> = Api::namespaced(self.admin(), &name);
+            let _ = services
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+            let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+        }
+    }
+
     /// Creates the ServiceAccount when missing and returns a client authenticated with a fresh token of it.
     pub async fn service_account_client(&self, namespace: &str, name: &str) -> Client {
         let accounts: Api<ServiceAccount> = Api::namespaced(self.admin(), namespace);
@@ -90,6 +115,14 @@ impl Cluster {
                 .await
                 .expect("creating ServiceAccount");
         }
+        let token = self.service_account_token(namespace, name).await;
+        self.client_with_token(&format!("{namespace}/{name}"), &token)
+            .await
+    }
+
+    /// A fresh token of a ServiceAccount (which must exist).
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin(), namespace);
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
                 expiration_seconds: Some(3600),
@@ -97,20 +130,34 @@ impl Cluster {
             }),
             ..Default::default()
         };
-        let token = accounts
+        accounts
             .create_token_request(name, &PostParams::default(), &request)
             .await
             .expect("requesting a ServiceAccount token")
             .status
             .expect("TokenRequest has a status")
             .token
-            .expect("TokenRequest status carries a token");
-        self.client_with_token(&format!("{namespace}/{name}"), &token)
-            .await
+            .expect("TokenRequest status carries a token")
+    }
+
+    /// Writes a kubeconfig file that authenticates with `token` only, for a daemon process.
+    pub fn kubeconfig_file_with_token(&self, label: &str, token: &str) -> std::path::PathBuf {
+        let kubeconfig = self.kubeconfig_with_token(label, token);
+        let file = format!("{}.json", label.replace('/', "-"));
+        let path = manifests::repo_root().join("target/test-kubeconfigs").join(file);
+        std::fs::create_dir_all(path.parent().expect("folder")).expect("creating target/test-kubeconfigs");
+        let json = serde_json::to_vec(&kubeconfig).expect("kubeconfig as JSON");
+        std::fs::write(&path, json).expect("writing kubeconfig");
+        path
     }
 
     /// A client for the same API server that authenticates with `token`.
     pub async fn client_with_token(&self, label: &str, token: &str) -> Client {
+        client_for_context(&self.kubeconfig_with_token(label, token), label).await
+    }
+
+    /// The admin kubeconfig's cluster, with one user: `token`.
+    fn kubeconfig_with_token(&self, label: &str, token: &str) -> Kubeconfig {
         let mut kubeconfig = self.kubeconfig.clone();
         let auth_info: NamedAuthInfo =
             serde_json::from_value(serde_json::json!({ "name": label, "user": { "token": token } }))
@@ -119,9 +166,10 @@ impl Cluster {
             serde_json::json!({ "name": label, "context": { "cluster": "local", "user": label } }),
         )
         .expect("context for token");
-        kubeconfig.auth_infos.push(auth_info);
-        kubeconfig.contexts.push(context);
-        client_for_context(&kubeconfig, label).await
+        kubeconfig.auth_infos = vec![auth_info];
+        kubeconfig.contexts = vec![context];
+        kubeconfig.current_context = Some(label.to_owned());
+        kubeconfig
     }
 }
 
@@ -174,9 +222,14 @@ impl TestNamespace {
     /// Deletes the namespace (and with it everything the test made). Call at the end of a passing test;
     /// a failing test leaves its namespace for inspection.
     pub async fn delete(self) {
-        let _ = Api::<Namespace>::all(self.client)
+        match Api::<Namespace>::all(self.client)
             .delete(&self.name, &DeleteParams::background())
-            .await;
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => panic!("deleting namespace {}: {error}", self.name),
+        }
     }
 }
 

@@ -1,0 +1,119 @@
+//! Our daemons run as real processes in the tests: the binaries `cargo xtask test` builds, started with
+//! a kubeconfig that holds only their own ServiceAccount's token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::eventually;
+use crate::manifests::repo_root;
+
+/// A built binary of this workspace (`target/debug/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let path = target.join("debug").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests through `cargo xtask test`, or `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A running daemon; killed (SIGKILL, like a crash) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `name` with `args` plus `--admin-addr` on a free port and `env`, logging to a file.
+    pub fn start(name: &str, args: &[String], env: &[(&str, String)]) -> Self {
+        let admin = free_local_addr();
+        let log = repo_root()
+            .join("target/test-logs")
+            .join(format!("{name}-{}.log", admin.port()));
+        std::fs::create_dir_all(log.parent().expect("log folder")).expect("creating target/test-logs");
+        let out = std::fs::File::create(&log).expect("creating the daemon log");
+        let child = Command::new(binary(name))
+            .args(args)
+            .arg(format!("--admin-addr={admin}"))
+            .env_remove("KUBECONFIG")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { child, admin, log }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&mut self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let log = self.log.clone();
+        let child = &mut self.child;
+        eventually(
+            &format!("{url} to answer 200 (log: {})", log.display()),
+            Duration::from_secs(30),
+            || {
+                let exited = child.try_wait().ok().flatten();
+                let url = url.clone();
+                let log = log.clone();
+                async move {
+                    if let Some(status) = exited {
+                        panic!(
+                            "the daemon exited ({status}): {}",
+                            std::fs::read_to_string(&log).unwrap_or_default()
+                        );
+                    }
+                    let response = reqwest::get(&url).await.ok()?;
+                    (response.status() == 200).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The daemon's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("scraping /metrics");
+        response.text().await.expect("metrics body")
+    }
+
+    /// The value of one sample in `/metrics` (`name` with labels, as printed), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_local_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("local address")
+}

@@ -1,0 +1,129 @@
+//! The project's own manifests, rendered with kustomize as users render them, for tests that must use
+//! exactly what ships (RBAC above all).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// Renders a kustomization made on the fly — `namespace`, plus `resources` and `components` given
+/// relative to the repository root — and returns its objects as JSON.
+pub fn render(namespace: &str, resources: &[&str], components: &[&str]) -> Vec<Value> {
+    let dir = repo_root().join("target/kustomize-tests").join(namespace);
+    std::fs::create_dir_all(&dir).expect("creating a kustomization folder");
+    let relative = |path: &&str| format!("../../../{path}");
+    let kustomization = serde_json::json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": namespace,
+        "resources": resources.iter().map(relative).collect::<Vec<_>>(),
+        "components": components.iter().map(relative).collect::<Vec<_>>(),
+    });
+    // JSON is YAML, so kustomize reads it as it is.
+    std::fs::write(dir.join("kustomization.yaml"), kustomization.to_string()).expect("writing kustomization");
+    let yaml = run("kubectl", &["kustomize", &dir.to_string_lossy()], None);
+    let list = run(
+        "kubectl",
+        &["create", "--dry-run=client", "--output=json", "--filename=-"],
+        Some(&yaml),
+    );
+    // One JSON document per object, one after the other (a List only when the input was one).
+    let mut objects = Vec::new();
+    for document in serde_json::Deserializer::from_str(&list).into_iter::<Value>() {
+        let document = document.expect("kubectl printed JSON");
+        match document.get("items") {
+            Some(Value::Array(items)) => objects.extend(items.iter().cloned()),
+            _ => objects.push(document),
+        }
+    }
+    objects
+}
+
+/// Applies objects (server-side, as the admin) and returns nothing; panics with kubectl's words on failure.
+pub fn apply(objects: &[Value]) {
+    let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects });
+    run(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=integration-tests",
+            "--filename=-",
+        ],
+        Some(&list.to_string()),
+    );
+}
+
+pub fn kind(object: &Value) -> &str {
+    object["kind"].as_str().unwrap_or_default()
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::io::Write::write_all(&mut pipe, input.as_bytes()).expect("writing to kubectl");
+    }
+    let output = child.wait_with_output().expect("waiting for kubectl");
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("kubectl output is UTF-8")
+}
+
+/// The command line and environment of `container` in a rendered Deployment, as the kubelet would
+/// give them to a pod named `pod_name` in `namespace` (downward-API references resolved).
+pub fn container_command(
+    deployment: &Value,
+    container: &str,
+    pod_name: &str,
+    namespace: &str,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    let container = containers
+        .iter()
+        .find(|c| c["name"] == container)
+        .expect("the container is in the Deployment");
+    let args = container["args"].as_array().map_or_else(Vec::new, |args| {
+        args.iter()
+            .map(|arg| arg.as_str().expect("string arg").to_owned())
+            .collect()
+    });
+    let env = container["env"].as_array().map_or_else(Vec::new, |env| {
+        env.iter()
+            .map(|var| {
+                let name = var["name"].as_str().expect("env name").to_owned();
+                let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("metadata.name") => pod_name.to_owned(),
+                    Some("metadata.namespace") => namespace.to_owned(),
+                    Some(other) => panic!("no value for fieldRef {other} in tests"),
+                    None => var["value"].as_str().unwrap_or_default().to_owned(),
+                };
+                (name, value)
+            })
+            .collect()
+    });
+    (args, env)
+}

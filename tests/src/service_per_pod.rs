@@ -1,0 +1,195 @@
+//! Running the service-per-pod controller the way `manifests/` deploys it: its own ServiceAccount and
+//! RBAC rendered from the manifests, its flags and environment taken from the rendered Deployment.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::daemon::Daemon;
+use crate::manifests::{self, kind};
+use crate::{Cluster, TestNamespace, eventually};
+
+pub const BASE: &str = "manifests/base/service-per-pod";
+pub const NAMESPACED: &str = "manifests/components/service-per-pod-namespaced";
+
+/// How the controller is scoped, as in the manifests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The namespaced Component: a Role, and WATCH_NAMESPACE set to the controller's namespace.
+    Namespace,
+    /// The base as it is: a ClusterRole, all namespaces.
+    Cluster,
+}
+
+/// Installs the controller's ServiceAccount and RBAC from the manifests into `namespace`, and returns
+/// the rendered Deployment.
+pub fn install_rbac(namespace: &str, scope: Scope) -> Value {
+    let components: &[&str] = match scope {
+        Scope::Namespace => &[NAMESPACED],
+        Scope::Cluster => &[],
+    };
+    let objects = manifests::render(namespace, &[BASE], components);
+    let rbac: Vec<Value> = objects
+        .iter()
+        .filter(|o| {
+            matches!(
+                kind(o),
+                "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+            )
+        })
+        .cloned()
+        .collect();
+    manifests::apply(&rbac);
+    objects
+        .into_iter()
+        .find(|o| kind(o) == "Deployment")
+        .expect("the manifests carry a Deployment")
+}
+
+/// Starts one controller replica named `pod_name` in `namespace` under the ServiceAccount's token.
+pub async fn start_controller(
+    cluster: &Cluster,
+    namespace: &str,
+    deployment: &Value,
+    pod_name: &str,
+) -> Daemon {
+    let token = cluster.service_account_token(namespace, "service-per-pod").await;
+    let kubeconfig = cluster.kubeconfig_file_with_token(&format!("{namespace}/{pod_name}"), &token);
+    let (args, mut env) = manifests::container_command(deployment, "service-per-pod", pod_name, namespace);
+    env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
+    env.retain(|(name, _)| name != "LOG_FORMAT");
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let mut daemon = Daemon::start("service-per-pod", &args, &env);
+    daemon.ready().await;
+    daemon
+}
+
+/// A namespace with the controller running in it, scoped to it.
+#[derive(Debug)]
+pub struct Fixture {
+    pub cluster: Cluster,
+    pub namespace: TestNamespace,
+    pub deployment: Value,
+    pub controller: Daemon,
+}
+
+impl Fixture {
+    pub async fn start(prefix: &str) -> Self {
+        let cluster = Cluster::connect().await;
+        let namespace = cluster.namespace(prefix).await;
+        let deployment = install_rbac(&namespace.name, Scope::Namespace);
+        let controller = start_controller(&cluster, &namespace.name, &deployment, "service-per-pod-0").await;
+        Self {
+            cluster,
+            namespace,
+            deployment,
+            controller,
+        }
+    }
+
+    pub fn sets(&self) -> Api<StatefulSet> {
+        self.namespace.api()
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        self.namespace.api()
+    }
+
+    /// The Services of the namespace, by name.
+    pub async fn service_map(&self) -> BTreeMap<String, Service> {
+        let list = self
+            .services()
+            .list(&ListParams::default())
+            .await
+            .expect("listing Services");
+        list.items
+            .into_iter()
+            .map(|service| (service.name_any(), service))
+            .collect()
+    }
+
+    /// Waits until the namespace's Services are exactly `names`.
+    pub async fn wait_for_services(&self, names: &[&str], timeout: Duration) -> BTreeMap<String, Service> {
+        let mut wanted: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        wanted.sort();
+        eventually(&format!("Services exactly {wanted:?}"), timeout, || async {
+            let services = self.service_map().await;
+            (services.keys().cloned().collect::<Vec<_>>() == wanted).then_some(services)
+        })
+        .await
+    }
+
+    /// Warning Events about StatefulSet `set` with `reason`: their messages.
+    pub async fn warnings(&self, set: &str, reason: &str) -> Vec<String> {
+        let events: Api<Event> = self.namespace.api();
+        let list = events.list(&ListParams::default()).await.expect("listing Events");
+        list.items
+            .into_iter()
+            .filter(|event| {
+                event.type_.as_deref() == Some("Warning") && event.reason.as_deref() == Some(reason)
+            })
+            .filter(|event| event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(set))
+            .filter_map(|event| event.note)
+            .collect()
+    }
+
+    /// Waits for one Warning Event and returns its message.
+    pub async fn wait_for_warning(&self, set: &str, reason: &str) -> String {
+        eventually(
+            &format!("a {reason} Warning Event on {set}"),
+            Duration::from_secs(15),
+            || async { self.warnings(set, reason).await.into_iter().next() },
+        )
+        .await
+    }
+}
+
+/// A StatefulSet of `replicas` pods (Parallel, so scaling does not wait on readiness) with `annotations`.
+pub fn statefulset(name: &str, replicas: i32, annotations: &[(&str, &str)]) -> StatefulSet {
+    let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "annotations": annotations },
+        "spec": {
+            "replicas": replicas,
+            "podManagementPolicy": "Parallel",
+            "serviceName": name,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "jvb", "image": "jitsi/jvb:stable-10431" }] }
+            }
+        }
+    }))
+    .expect("statefulset object")
+}
+
+/// One port entry of a Service: `(port, nodePort, targetPort, protocol, name)`.
+pub type PortEntry = (i32, Option<i32>, Option<String>, Option<String>, Option<String>);
+
+/// Every port entry of a Service.
+pub fn ports(service: &Service) -> Vec<PortEntry> {
+    let spec = service.spec.as_ref().expect("spec");
+    spec.ports
+        .iter()
+        .flatten()
+        .map(|port| {
+            let target = port.target_port.as_ref().map(|t| match t {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n.to_string(),
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
+            });
+            (
+                port.port,
+                port.node_port,
+                target,
+                port.protocol.clone(),
+                port.name.clone(),
+            )
+        })
+        .collect()
+}
