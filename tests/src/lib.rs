@@ -94,6 +94,28 @@ impl Cluster {
             let _ = services
                 .delete_collection(&DeleteParams::default(), &ListParams::default())
                 .await;
+            // Pods a failed test held Terminating with a finalizer would keep the namespace forever.
+            let pods: Api<Pod> = Api::namespaced(self.admin(), &name);
+            let held = pods
+                .list(&ListParams::default())
+                .await
+                .map(|list| list.items)
+                .unwrap_or_default();
+            for pod in held {
+                if pod
+                    .metadata
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f.starts_with("jitsi-k8s.test/"))
+                {
+                    let release = serde_json::json!({ "metadata": { "finalizers": null } });
+                    let pod_name = pod.metadata.name.unwrap_or_default();
+                    let _ = pods
+                        .patch(&pod_name, &PatchParams::default(), &Patch::Merge(release))
+                        .await;
+                }
+            }
             let _ = namespaces.delete(&name, &DeleteParams::background()).await;
         }
     }
