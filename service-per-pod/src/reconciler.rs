@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
@@ -15,13 +17,15 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::annotations;
-use crate::desired::{self, Claim, NodePortRange, SetKey, Skipped};
+use crate::desired::{self, Claim, DesiredService, NodePortRange, SetKey, Skipped};
 use crate::leader::Leadership;
 use crate::metrics::{Category, Metrics, Verb};
 
 pub const FIELD_MANAGER: &str = "service-per-pod";
 /// Set by the StatefulSet controller since Kubernetes 1.28; older pods fall back to their name.
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// Service writes in flight at once for one StatefulSet.
+const CONCURRENT_WRITES: usize = 16;
 /// While a StatefulSet loses a port to another, look again this often (the other may let it go).
 const CONFLICT_RECHECK: Duration = Duration::from_secs(5);
 
@@ -189,47 +193,38 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
         .iter()
         .map(|skipped| (skipped.reason().to_owned(), skipped.to_string()))
         .collect();
+    // Independent Services are written concurrently: a StatefulSet scaled up by 100 needs 100
+    // Services now, not one round trip after another.
+    let outdated: Vec<(&DesiredService, bool)> = plan
+        .services
+        .iter()
+        .filter_map(|wanted| {
+            let actual = owned.iter().find(|service| service.name_any() == wanted.name);
+            match actual {
+                Some(actual) if desired::is_up_to_date(wanted, &key, &uid, actual) => None,
+                actual => Some((wanted, actual.is_some())),
+            }
+        })
+        .collect();
+    let writes: Vec<_> = outdated
+        .into_iter()
+        .map(|(wanted, is_ours)| ensure_service(ctx, &services_api, &key, &uid, wanted, is_ours))
+        .collect();
+    let outcomes: Vec<Result<Applied, Error>> = futures::stream::iter(writes)
+        .buffer_unordered(CONCURRENT_WRITES)
+        .collect()
+        .await;
     let mut refused = None;
-    for wanted in &plan.services {
-        match owned.iter().find(|service| service.name_any() == wanted.name) {
-            Some(actual) if desired::is_up_to_date(wanted, &key, &uid, actual) => continue,
-            Some(_) => {}
-            None => {
-                // Not in our cache: a Service of that name that is not ours must be left alone.
-                let existing = services_api.get_opt(&wanted.name).await.map_err(Error::Api)?;
-                if let Some(existing) = existing
-                    && desired::controller_uid(&existing) != Some(uid.as_str())
-                {
-                    warnings.push((
-                        "ForeignService".to_owned(),
-                        format!(
-                            "pod ordinal {} gets no Service: a Service named {} exists and is not controlled by this StatefulSet; it is left untouched",
-                            wanted.ordinal, wanted.name
-                        ),
-                    ));
-                    continue;
+    for outcome in outcomes {
+        match outcome? {
+            Applied::Written => {}
+            Applied::Foreign(message) => warnings.push(("ForeignService".to_owned(), message)),
+            Applied::Refused(error) => {
+                if let Error::NodePortRefused { message, .. } = &error {
+                    warnings.push(("NodePortRefused".to_owned(), message.clone()));
                 }
+                refused = Some(error);
             }
-        }
-        let manifest = desired::service_manifest(wanted, &key, &uid);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        ctx.metrics.write(Verb::Apply);
-        match services_api
-            .patch(&wanted.name, &params, &Patch::Apply(&manifest))
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(statefulset = %key, service = %wanted.name, port = wanted.port, "applied Service")
-            }
-            Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("nodePort") => {
-                warnings.push(("NodePortRefused".to_owned(), status.message.clone()));
-                refused = Some(Error::NodePortRefused {
-                    service: wanted.name.clone(),
-                    port: wanted.port,
-                    message: status.message.clone(),
-                });
-            }
-            Err(error) => return Err(Error::Api(error)),
         }
     }
 
@@ -251,6 +246,54 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
         Some(error) => Err(error),
         None if conflicts > 0 => Ok(Action::requeue(CONFLICT_RECHECK)),
         None => Ok(Action::await_change()),
+    }
+}
+
+/// What became of one wanted Service.
+enum Applied {
+    Written,
+    /// A Service of that name exists and is not ours: left untouched.
+    Foreign(String),
+    /// The API server refused it; retried with backoff.
+    Refused(Error),
+}
+
+/// Creates or repairs one Service with server-side apply — unless a Service of that name exists that
+/// this StatefulSet does not control (`is_ours` says whether our cache has it as ours).
+async fn ensure_service(
+    ctx: &Context,
+    api: &Api<Service>,
+    key: &SetKey,
+    uid: &str,
+    wanted: &DesiredService,
+    is_ours: bool,
+) -> Result<Applied, Error> {
+    if !is_ours {
+        // Not ours in the cache; the API server has the last word on whether the name is free.
+        let existing = api.get_opt(&wanted.name).await.map_err(Error::Api)?;
+        if existing.is_some_and(|existing| desired::controller_uid(&existing) != Some(uid)) {
+            return Ok(Applied::Foreign(format!(
+                "pod ordinal {} gets no Service: a Service named {} exists and is not controlled by this StatefulSet; it is left untouched",
+                wanted.ordinal, wanted.name
+            )));
+        }
+    }
+    let manifest = desired::service_manifest(wanted, key, uid);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    ctx.metrics.write(Verb::Apply);
+    match api.patch(&wanted.name, &params, &Patch::Apply(&manifest)).await {
+        Ok(_) => {
+            tracing::info!(statefulset = %key, service = %wanted.name, port = wanted.port, "applied Service");
+            Ok(Applied::Written)
+        }
+        Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("nodePort") => {
+            Ok(Applied::Refused(Error::NodePortRefused {
+                service: wanted.name.clone(),
+                port: wanted.port,
+                message: status.message.clone(),
+            }))
+        }
+        Err(error) => Err(Error::Api(error)),
     }
 }
 
