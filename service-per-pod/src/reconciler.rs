@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::annotations;
@@ -415,11 +415,19 @@ fn set_conflicts(ctx: &Context, key: &SetKey, count: usize) {
         } else {
             conflicts.insert(key.clone(), count);
         }
+        // Deleted StatefulSets are never reconciled again: drop what we kept about them here.
+        conflicts.retain(|key, _| still_exists(ctx, key));
         let total: usize = conflicts.values().sum();
         ctx.metrics
             .port_conflicts
             .set(i64::try_from(total).unwrap_or(i64::MAX));
     }
+}
+
+fn still_exists(ctx: &Context, key: &SetKey) -> bool {
+    ctx.statefulsets
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        .is_some()
 }
 
 fn forget(ctx: &Context, key: &SetKey) {
@@ -436,6 +444,7 @@ async fn report(ctx: &Context, set: &StatefulSet, key: &SetKey, warnings: Vec<(S
     let new: Vec<(String, String)> = match ctx.reported.lock() {
         Ok(mut reported) => {
             let previous = reported.insert(key.clone(), current.clone()).unwrap_or_default();
+            reported.retain(|key, _| still_exists(ctx, key));
             current.difference(&previous).cloned().collect()
         }
         Err(_) => current.into_iter().collect(),

@@ -443,7 +443,7 @@ async fn ordinals_outside_the_node_port_range_get_no_service() {
     fx.namespace.delete().await;
 }
 
-/// Ports 30180–30183.
+/// Ports 30180–30184.
 #[tokio::test]
 async fn the_first_claim_keeps_a_contested_port_until_it_lets_go() {
     let fx = Fixture::start("spp-conflict").await;
@@ -490,6 +490,33 @@ async fn the_first_claim_keeps_a_contested_port_until_it_lets_go() {
     eventually("the conflict gauge back to 0", 10 * SECOND, || async {
         (fx.controller.metric("service_per_pod_port_conflicts").await == 0.0).then_some(())
     })
+    .await;
+
+    // A StatefulSet deleted while it loses a port takes its conflict with it.
+    fx.sets()
+        .create(
+            &PostParams::default(),
+            &statefulset("third", 1, &[("service-per-pod/base-port", "30181")]),
+        )
+        .await
+        .unwrap();
+    eventually("third to lose port 30181", 10 * SECOND, || async {
+        (fx.controller.metric("service_per_pod_port_conflicts").await == 1.0).then_some(())
+    })
+    .await;
+    fx.sets()
+        .delete("third", &DeleteParams::background())
+        .await
+        .unwrap();
+    fx.sets()
+        .patch("second", &PatchParams::default(), &replicas(3))
+        .await
+        .unwrap();
+    eventually(
+        "the deleted StatefulSet's conflict forgotten",
+        10 * SECOND,
+        || async { (fx.controller.metric("service_per_pod_port_conflicts").await == 0.0).then_some(()) },
+    )
     .await;
     fx.namespace.delete().await;
 }
