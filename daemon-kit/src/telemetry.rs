@@ -41,9 +41,12 @@ pub fn init(args: &LogArgs) -> Result<(), TelemetryError> {
         directive: args.log_level.clone(),
         source,
     })?;
+    // Colours only for a person at a terminal: in a pod's log they would be noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let installed = match args.log_format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder

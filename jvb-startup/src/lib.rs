@@ -1,13 +1,19 @@
-//! Works out a Jitsi Videobridge's port and advertised address from its pod identity, then execs the image's /init; drains it gracefully on preStop.
+//! jvb-startup: runs inside the Jitsi Videobridge container.
 //!
-//! Only the command line exists so far; the behaviour arrives with issue 4.
+//! - `exec`: works out the bridge's UDP port (base port + pod ordinal) and the address it advertises
+//!   ([`plan`], pure), optionally writes the same as HOCON ([`hocon`]), and replaces itself with the
+//!   image's `/init`, which must stay PID 1.
+//! - `drain`: the preStop hook — asks the bridge for a graceful shutdown and waits for its calls to end
+//!   ([`drain`]).
+//! - `install`: copies this binary into a shared volume, from an init container.
 
-use daemon_kit::telemetry::LogArgs;
+pub mod cli;
+pub mod drain;
+pub mod exec;
+pub mod hocon;
+pub mod install;
+pub mod node;
+pub mod plan;
 
-/// Works out a Jitsi Videobridge's port and advertised address from its pod identity, then execs the image's /init; drains it gracefully on preStop.
-#[derive(Debug, clap::Parser)]
-#[command(name = "jvb-startup", version)]
-pub struct Cli {
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+#[cfg(test)]
+mod golden_tests;

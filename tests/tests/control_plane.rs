@@ -1,6 +1,9 @@
 //! Proof that the local control plane is a real one: the StatefulSet controller, the scheduler, KWOK's
 //! fake kubelets, garbage collection, RBAC and server-side apply all behave as in a real cluster.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -4,6 +4,9 @@
 //! Tests run in parallel against one API server, and node ports are cluster-wide: every test uses its
 //! own block of ports (noted at each test) so no two tests ever contend for one.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

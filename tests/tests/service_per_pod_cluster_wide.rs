@@ -3,6 +3,9 @@
 //! Its own test binary on purpose: test binaries run one after another, so this cluster-wide
 //! controller never meets the namespaced ones of `service_per_pod.rs`.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use integration_tests::service_per_pod::{Scope, install_rbac, ports, start_controller, statefulset};

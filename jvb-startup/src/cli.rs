@@ -1,0 +1,168 @@
+//! Command line; every option can also be set from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use daemon_kit::telemetry::LogArgs;
+
+/// Starts a Jitsi Videobridge with the port and address its pod identity gives it, and drains it
+/// gracefully when the pod stops.
+#[derive(Debug, clap::Parser)]
+#[command(name = "jvb-startup", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Decide port and address, then exec the command (`-- /init`), which keeps this process's PID.
+    Exec(ExecArgs),
+    /// The preStop hook: graceful shutdown, then wait until the bridge's calls have ended.
+    Drain(DrainArgs),
+    /// Copy this binary into a folder (an emptyDir shared with the bridge container).
+    Install(InstallArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Plain,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The pod's name (downward API metadata.name); HOSTNAME when unset. Its ordinal is the digits after the last `-`.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// The shard's base port: the bridge listens on, and advertises, base port + ordinal.
+    #[arg(long, env = "JVB_BASE_PORT")]
+    pub base_port: Option<String>,
+
+    /// Address(es) to advertise, comma-separated (IPv4 or IPv6). Wins over everything else.
+    #[arg(long, env = "JVB_ADVERTISE_IP")]
+    pub advertise_ip: Option<String>,
+
+    /// Advertise the Node's ExternalIP (else its InternalIP), read through the pod's ServiceAccount.
+    #[arg(long, env = "JVB_ADVERTISE_FROM_NODE")]
+    pub advertise_from_node: bool,
+
+    /// The Node the pod runs on (downward API spec.nodeName), for --advertise-from-node.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// The Node's address (downward API status.hostIP): advertised when nothing else applies.
+    #[arg(long, env = "HOST_IP")]
+    pub host_ip: Option<String>,
+
+    /// The pod's own address (downward API status.podIP): the local side of --write-config's mappings.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<String>,
+
+    /// The cluster's NodePort range: a port outside it is started anyway, with a warning.
+    #[arg(long, env = "NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub node_port_range: String,
+
+    /// Also write the settings as HOCON to this file (atomically), e.g. /config/custom-jvb.conf.
+    #[arg(long, env = "JVB_WRITE_CONFIG")]
+    pub write_config: Option<PathBuf>,
+
+    /// Print the decision and exit without starting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Format of --dry-run's output.
+    #[arg(long, value_enum, default_value_t = Output::Plain)]
+    pub output: Output,
+
+    /// The command to exec, after `--` (e.g. `-- /init`).
+    #[arg(last = true, required_unless_present = "dry_run")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// The bridge's private HTTP API.
+    #[arg(long, env = "JVB_URL", default_value = "http://127.0.0.1:8080")]
+    pub jvb_url: String,
+
+    /// How often to poll /colibri/stats.
+    #[arg(long, env = "DRAIN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Give up waiting after this long (keep it below the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "3h", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Only enable drain mode (no new conferences here) instead of a graceful shutdown.
+    #[arg(long, env = "DRAIN_ONLY")]
+    pub drain_only: bool,
+
+    /// Timeout of each HTTP request to the bridge.
+    #[arg(long, env = "DRAIN_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// The folder to copy the binary into (as `jvb-startup`).
+    pub dir: PathBuf,
+}
+
+/// `90`, `90s`, `500ms`, `15m`, `3h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 3h"))?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(value),
+        "ms" => Duration::from_millis(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        _ => return Err(format!("{text:?} is not a duration like 30s, 5m or 3h")),
+    };
+    Ok(duration)
+}
+
+/// `30000-32767` → (30000, 32767).
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let invalid = || format!("--node-port-range {text:?} is not a port range like 30000-32767");
+    let (first, last) = text.trim().split_once('-').ok_or_else(invalid)?;
+    let first: u16 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u16 = last.trim().parse().map_err(|_| invalid())?;
+    if first == 0 || first > last {
+        return Err(invalid());
+    }
+    Ok((first, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(10800)));
+        for bad in ["", "s", "1d", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
+        assert!(parse_port_range("32767-30000").is_err());
+        assert!(parse_port_range("30000").is_err());
+    }
+}

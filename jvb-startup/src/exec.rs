@@ -1,0 +1,113 @@
+//! `exec`: gather the inputs, decide, tell, and become the bridge's entrypoint.
+
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::cli::{ExecArgs, Output, parse_port_range};
+use crate::plan::{Inputs, NodeLookup, Plan, PlanError, plan};
+use crate::{hocon, node};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write {path}: {source}")]
+    WriteConfig { path: String, source: std::io::Error },
+    #[error("cannot start the Node lookup: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot exec {command}: {source}")]
+    Exec { command: String, source: std::io::Error },
+}
+
+impl ExecError {
+    /// 2 for anything the operator must fix in the pod's configuration; 127 when the command cannot run.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExecError::Exec { .. } => 127,
+            _ => 2,
+        }
+    }
+}
+
+/// Reads the inputs `args` does not carry (HOSTNAME, JVB_MUC_NICKNAME) and looks the Node up if asked.
+fn gather(args: &ExecArgs) -> Result<Inputs, ExecError> {
+    let node_port_range = parse_port_range(&args.node_port_range).map_err(ExecError::Usage)?;
+    let node =
+        if args.advertise_from_node && args.advertise_ip.as_deref().is_none_or(|ip| ip.trim().is_empty()) {
+            // A small runtime just for this one request, gone before the exec.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ExecError::Runtime)?;
+            runtime.block_on(node::lookup(args.node_name.as_deref()))
+        } else {
+            NodeLookup::NotRequested
+        };
+    Ok(Inputs {
+        pod_name: args.pod_name.clone().or_else(|| std::env::var("HOSTNAME").ok()),
+        base_port: args.base_port.clone(),
+        advertise_ip: args.advertise_ip.clone(),
+        node,
+        host_ip: args.host_ip.clone(),
+        muc_nickname: std::env::var("JVB_MUC_NICKNAME").ok(),
+        node_port_range,
+    })
+}
+
+/// Returns only on failure: on success the process has become the command.
+pub fn run(args: &ExecArgs) -> Result<(), ExecError> {
+    let inputs = gather(args)?;
+    let plan = plan(&inputs)?;
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
+    if args.dry_run {
+        print_plan(&plan, args.output);
+        return Ok(());
+    }
+    if let Some(path) = &args.write_config {
+        let local = args
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+        hocon::write_atomically(path, &hocon::render(&plan, local)).map_err(|source| {
+            ExecError::WriteConfig {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        return Err(ExecError::Usage(
+            "nothing to exec: give the command after --, e.g. -- /init".to_owned(),
+        ));
+    };
+    tracing::info!(port = plan.port, command = %program, "{}", plan.summary());
+    // exec(2): this process becomes the command, keeping its PID (s6-overlay's /init must be PID 1).
+    let error = Command::new(program)
+        .args(rest)
+        .envs(plan.env.iter().map(|(k, v)| (k, v)))
+        .exec();
+    Err(ExecError::Exec {
+        command: program.clone(),
+        source: error,
+    })
+}
+
+fn print_plan(plan: &Plan, output: Output) {
+    match output {
+        Output::Plain => {
+            println!("{}", plan.summary());
+            for (key, value) in &plan.env {
+                println!("{key}={value}");
+            }
+        }
+        Output::Json => match serde_json::to_string_pretty(plan) {
+            Ok(json) => println!("{json}"),
+            Err(error) => tracing::error!(%error, "cannot print the decision as JSON"),
+        },
+    }
+}

@@ -1,0 +1,236 @@
+//! The startup decision: from the pod's identity and the flags, the bridge's port, the addresses it
+//! advertises, and the environment it is started with. Pure: no environment reads, no network.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// What the bridge is told about its public address, and where that came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AddressSource {
+    /// `--advertise-ip` / `JVB_ADVERTISE_IP`.
+    Flag,
+    /// The Node's ExternalIP (`--advertise-from-node`).
+    NodeExternalIp,
+    /// The Node's InternalIP, when it has no ExternalIP (`--advertise-from-node`).
+    NodeInternalIp,
+    /// `HOST_IP` (downward API `status.hostIP`).
+    HostIp,
+}
+
+impl fmt::Display for AddressSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressSource::Flag => "--advertise-ip",
+            AddressSource::NodeExternalIp => "the Node's ExternalIP",
+            AddressSource::NodeInternalIp => "the Node's InternalIP",
+            AddressSource::HostIp => "HOST_IP",
+        })
+    }
+}
+
+/// The outcome of looking the Node up, when `--advertise-from-node` asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeLookup {
+    NotRequested,
+    Found {
+        name: String,
+        external: Vec<IpAddr>,
+        internal: Vec<IpAddr>,
+    },
+    /// The reason, in one sentence (no NODE_NAME, forbidden, not found, unreachable, ...).
+    Failed(String),
+}
+
+/// Everything the decision depends on, already read from flags and environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inputs {
+    /// `--pod-name`, `POD_NAME`, else `HOSTNAME`.
+    pub pod_name: Option<String>,
+    /// `--base-port` / `JVB_BASE_PORT`, as given.
+    pub base_port: Option<String>,
+    /// `--advertise-ip` / `JVB_ADVERTISE_IP`, as given (a comma list).
+    pub advertise_ip: Option<String>,
+    pub node: NodeLookup,
+    /// `HOST_IP`, as given.
+    pub host_ip: Option<String>,
+    /// `JVB_MUC_NICKNAME` if already set: kept.
+    pub muc_nickname: Option<String>,
+    /// The cluster's NodePort range: a port outside it only warns (the bridge may be reached otherwise).
+    pub node_port_range: (u16, u16),
+}
+
+/// What `exec` will do.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Plan {
+    pub pod_name: String,
+    pub ordinal: u32,
+    pub port: u16,
+    pub advertise_ips: Vec<IpAddr>,
+    pub address_source: AddressSource,
+    pub muc_nickname: String,
+    /// Variables set for the command; every other variable is passed on unchanged.
+    pub env: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+/// Why the bridge cannot be started: each is one sentence for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no pod name: set --pod-name or POD_NAME (downward API metadata.name), or HOSTNAME")]
+    MissingPodName,
+    #[error("pod name {0:?} does not end in -<ordinal>, so the bridge's port cannot be derived from it")]
+    NoOrdinal(String),
+    #[error("no base port: set --base-port or JVB_BASE_PORT")]
+    MissingBasePort,
+    #[error("base port {0:?} is not a number between 1 and 65535")]
+    InvalidBasePort(String),
+    #[error("base port {base} + ordinal {ordinal} = {port}, which is not a valid port (1-65535)")]
+    PortOutOfRange { base: u16, ordinal: u32, port: u64 },
+    #[error("advertised address {0:?} is not an IPv4 or IPv6 address")]
+    InvalidAddress(String),
+    #[error(
+        "no address to advertise: set --advertise-ip, or --advertise-from-node with NODE_NAME, or HOST_IP (downward API status.hostIP)"
+    )]
+    NoAddress,
+}
+
+/// The ordinal a StatefulSet pod name carries: the digits after its last `-`.
+pub fn ordinal(pod_name: &str) -> Option<u32> {
+    let (_, digits) = pod_name.rsplit_once('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn parse_addresses(list: &str) -> Result<Vec<IpAddr>, PlanError> {
+    let mut addresses = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        // IPv6 may come in brackets, as in URLs.
+        let bare = item
+            .strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .unwrap_or(item);
+        let address = bare
+            .parse()
+            .map_err(|_| PlanError::InvalidAddress(item.to_owned()))?;
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    Ok(addresses)
+}
+
+pub fn plan(inputs: &Inputs) -> Result<Plan, PlanError> {
+    let pod_name = inputs
+        .pod_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .ok_or(PlanError::MissingPodName)?;
+    let ordinal = ordinal(pod_name).ok_or_else(|| PlanError::NoOrdinal(pod_name.to_owned()))?;
+    let raw_base = inputs
+        .base_port
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .ok_or(PlanError::MissingBasePort)?;
+    let base: u16 = match raw_base.parse() {
+        Ok(base) if base > 0 => base,
+        _ => return Err(PlanError::InvalidBasePort(raw_base.to_owned())),
+    };
+    let sum = u64::from(base) + u64::from(ordinal);
+    let port = u16::try_from(sum).map_err(|_| PlanError::PortOutOfRange {
+        base,
+        ordinal,
+        port: sum,
+    })?;
+
+    let mut warnings = Vec::new();
+    let (first, last) = inputs.node_port_range;
+    if !(first..=last).contains(&port) {
+        warnings.push(format!(
+            "port {port} is outside the NodePort range {first}-{last}: no per-pod NodePort Service can expose it"
+        ));
+    }
+
+    let (advertise_ips, address_source) = choose_addresses(inputs, &mut warnings)?;
+    let muc_nickname = inputs
+        .muc_nickname
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| pod_name.to_owned());
+    let advertise_list = advertise_ips
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = vec![
+        ("JVB_PORT".to_owned(), port.to_string()),
+        ("JVB_ADVERTISE_IPS".to_owned(), advertise_list),
+        ("JVB_MUC_NICKNAME".to_owned(), muc_nickname.clone()),
+        ("COLIBRI_REST_ENABLED".to_owned(), "true".to_owned()),
+        ("SHUTDOWN_REST_ENABLED".to_owned(), "true".to_owned()),
+    ];
+    Ok(Plan {
+        pod_name: pod_name.to_owned(),
+        ordinal,
+        port,
+        advertise_ips,
+        address_source,
+        muc_nickname,
+        env,
+        warnings,
+    })
+}
+
+fn choose_addresses(
+    inputs: &Inputs,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<IpAddr>, AddressSource), PlanError> {
+    if let Some(list) = inputs.advertise_ip.as_deref() {
+        let addresses = parse_addresses(list)?;
+        if !addresses.is_empty() {
+            return Ok((addresses, AddressSource::Flag));
+        }
+    }
+    match &inputs.node {
+        NodeLookup::NotRequested => {}
+        NodeLookup::Found { external, .. } if !external.is_empty() => {
+            return Ok((external.clone(), AddressSource::NodeExternalIp));
+        }
+        NodeLookup::Found { internal, .. } if !internal.is_empty() => {
+            return Ok((internal.clone(), AddressSource::NodeInternalIp));
+        }
+        NodeLookup::Found { name, .. } => {
+            warnings.push(format!(
+                "Node {name} has no ExternalIP or InternalIP; falling back to HOST_IP"
+            ));
+        }
+        NodeLookup::Failed(reason) => warnings.push(format!("{reason}; falling back to HOST_IP")),
+    }
+    if let Some(host_ip) = inputs.host_ip.as_deref() {
+        let addresses = parse_addresses(host_ip)?;
+        if !addresses.is_empty() {
+            return Ok((addresses, AddressSource::HostIp));
+        }
+    }
+    Err(PlanError::NoAddress)
+}
+
+impl Plan {
+    /// The one log line (and the plain `--dry-run` output).
+    pub fn summary(&self) -> String {
+        let addresses = self
+            .advertise_ips
+            .iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            "pod {} (ordinal {}): UDP port {}, advertising {} (from {}), MUC nickname {}",
+            self.pod_name, self.ordinal, self.port, addresses, self.address_source, self.muc_nickname
+        )
+    }
+}
