@@ -33,32 +33,30 @@ impl Readiness {
     }
 }
 
-#[derive(Clone, Debug)]
-struct AdminState {
-    readiness: Readiness,
-    registry: Arc<Registry>,
-}
-
 /// The admin routes. Daemons whose main listener is the admin listener merge their own routes into it.
 pub fn router(readiness: Readiness, registry: Arc<Registry>) -> Router {
+    health_router(readiness).merge(Router::new().route("/metrics", get(metrics)).with_state(registry))
+}
+
+/// `/livez` and `/readyz` alone, for daemons that serve a `/metrics` of their own (the exporters).
+pub fn health_router(readiness: Readiness) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(AdminState { readiness, registry })
+        .with_state(readiness)
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.readiness.is_ready() {
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    if readiness.is_ready() {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> axum::response::Response {
+async fn metrics(State(registry): State<Arc<Registry>>) -> axum::response::Response {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
         Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
         Err(error) => {
             tracing::error!(%error, "encoding metrics failed");

@@ -1,13 +1,16 @@
-//! Turns a Jitsi Videobridge's colibri stats into Prometheus metrics.
+//! jvb-exporter: a Jitsi Videobridge's `/colibri/stats` (and optionally its native `/metrics`) as
+//! Prometheus metrics, correct (counters are counters) and never dark (a failing bridge gives
+//! `jitsi_up 0`, never an error page or stale values).
 //!
-//! Only the command line exists so far; the behaviour arrives with issue 10.
+//! [`fields`], [`convert`] and [`exposition`] are the pure core; [`scrape`] talks to the bridge;
+//! [`server`] serves `/metrics`, `/livez`, `/readyz`.
 
-use daemon_kit::telemetry::LogArgs;
+pub mod cli;
+pub mod convert;
+pub mod exposition;
+pub mod fields;
+pub mod scrape;
+pub mod server;
 
-/// Turns a Jitsi Videobridge's colibri stats into Prometheus metrics.
-#[derive(Debug, clap::Parser)]
-#[command(name = "jvb-exporter", version)]
-pub struct Cli {
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+#[cfg(test)]
+mod property_tests;

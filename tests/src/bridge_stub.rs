@@ -8,6 +8,9 @@
 //!   the port stops answering (connection refused);
 //! - `POST /colibri/drain/enable`: drain mode, the bridge keeps running;
 //! - `GET /about/health`: 200 with an empty body;
+//! - `GET /metrics`: native `jitsi_jvb_*` metrics as Prometheus text when asked with
+//!   `Accept: text/plain`, JSON otherwise (as older bridges did). No real capture of this endpoint
+//!   exists (`shared/fixtures/README.md`), so its body is synthetic, built from the names jitsi.md lists;
 //! - an optional delay before every answer (a slow or overloaded bridge).
 
 use std::collections::BTreeMap;
@@ -75,6 +78,7 @@ struct Stub {
     shutdown_requested: bool,
     drain: bool,
     requests: BTreeMap<String, usize>,
+    raw_stats: Option<String>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -99,6 +103,7 @@ impl BridgeStub {
             shutdown_requested: false,
             drain: false,
             requests: BTreeMap::new(),
+            raw_stats: None,
             stop: Some(stop),
         }));
         let app = Router::new()
@@ -106,6 +111,7 @@ impl BridgeStub {
             .route("/colibri/shutdown", post(shutdown_handler))
             .route("/colibri/drain/enable", post(drain_handler))
             .route("/about/health", get(health_handler))
+            .route("/metrics", get(native_handler))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -139,6 +145,13 @@ impl BridgeStub {
         if let Ok(mut stub) = self.state.lock() {
             stub.stats = stats;
             stub.config.stats_fixture = name.to_owned();
+        }
+    }
+
+    /// Serves `body` as `/colibri/stats` from now on (invalid JSON, odd shapes).
+    pub fn set_stats_raw(&self, body: &str) {
+        if let Ok(mut stub) = self.state.lock() {
+            stub.raw_stats = Some(body.to_owned());
         }
     }
 
@@ -189,6 +202,9 @@ async fn stats_handler(State(state): State<Shared>) -> Response {
     tokio::time::sleep(config.delay).await;
     if !config.rest_enabled {
         return rest_disabled();
+    }
+    if let Some(raw) = state.lock().ok().and_then(|s| s.raw_stats.clone()) {
+        return ([(header::CONTENT_TYPE, "application/json")], raw).into_response();
     }
     let (mut stats, shutdown, drain) = state
         .lock()
@@ -272,4 +288,49 @@ async fn health_handler(State(state): State<Shared>) -> Response {
     let (config, _) = count(&state, "GET /about/health");
     tokio::time::sleep(config.delay).await;
     StatusCode::OK.into_response()
+}
+
+/// Synthetic native metrics (see the module comment): the families jitsi.md names, in text format.
+pub const NATIVE_METRICS: &str = "# HELP jitsi_jvb_stress Current stress (0-1)
+# TYPE jitsi_jvb_stress gauge
+jitsi_jvb_stress 0.05
+# HELP jitsi_jvb_conferences Number of conferences
+# TYPE jitsi_jvb_conferences gauge
+jitsi_jvb_conferences 1
+# HELP jitsi_jvb_local_endpoints Number of local endpoints
+# TYPE jitsi_jvb_local_endpoints gauge
+jitsi_jvb_local_endpoints 3
+# HELP jitsi_jvb_conferences_created_total Number of conferences created
+# TYPE jitsi_jvb_conferences_created_total counter
+jitsi_jvb_conferences_created_total 12
+# HELP jitsi_jvb_conferences_by_size Conferences by size
+# TYPE jitsi_jvb_conferences_by_size histogram
+jitsi_jvb_conferences_by_size_bucket{le=\"0.0\"} 0
+jitsi_jvb_conferences_by_size_bucket{le=\"1.0\"} 0
+jitsi_jvb_conferences_by_size_bucket{le=\"3.0\"} 1
+jitsi_jvb_conferences_by_size_bucket{le=\"+Inf\"} 1
+jitsi_jvb_conferences_by_size_sum 3.0
+jitsi_jvb_conferences_by_size_count 1
+# HELP jvm_threads_current Current thread count of a JVM
+# TYPE jvm_threads_current gauge
+jvm_threads_current 58
+";
+
+async fn native_handler(State(state): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let (config, _) = count(&state, "GET /metrics");
+    tokio::time::sleep(config.delay).await;
+    let wants_text = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain"));
+    if wants_text {
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            NATIVE_METRICS,
+        )
+            .into_response()
+    } else {
+        let json = serde_json::json!({ "jitsi_jvb_stress": 0.05, "jitsi_jvb_conferences": 1 });
+        ([(header::CONTENT_TYPE, "application/json")], json.to_string()).into_response()
+    }
 }

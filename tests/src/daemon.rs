@@ -33,6 +33,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `name` with `args` plus `--admin-addr` on a free port and `env`, logging to a file.
     pub fn start(name: &str, args: &[String], env: &[(&str, String)]) -> Self {
+        Self::start_with_addr_flag(name, args, env, "--admin-addr")
+    }
+
+    /// As [`Daemon::start`], for daemons whose HTTP listener flag has another name (`--listen`).
+    pub fn start_with_addr_flag(
+        name: &str,
+        args: &[String],
+        env: &[(&str, String)],
+        addr_flag: &str,
+    ) -> Self {
         let admin = free_local_addr();
         let log = repo_root()
             .join("target/test-logs")
@@ -41,7 +51,7 @@ impl Daemon {
         let out = std::fs::File::create(&log).expect("creating the daemon log");
         let child = Command::new(binary(name))
             .args(args)
-            .arg(format!("--admin-addr={admin}"))
+            .arg(format!("{addr_flag}={admin}"))
             .env_remove("KUBECONFIG")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())

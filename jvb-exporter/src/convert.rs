@@ -1,0 +1,412 @@
+//! `/colibri/stats` JSON → metric families. Lenient by design: a field of an odd type is skipped and
+//! reported, and never costs the other fields (strict typing is what blanked every existing exporter).
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use crate::exposition::{Family, Sample, Type, is_valid_name};
+use crate::fields::{self, Kind};
+
+/// Names we emit ourselves, and the prefix of the bridge's native families: never produced from a field.
+const RESERVED: &[&str] = &["jitsi_up", "jitsi_scrape_duration_seconds"];
+const RESERVED_PREFIXES: &[&str] = &["jitsi_exporter_", "jitsi_jvb_"];
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Converted {
+    pub families: Vec<Family>,
+    /// Fields skipped for their type: the known field's name, or `other`.
+    pub field_errors: Vec<&'static str>,
+}
+
+/// Lower snake case of a field name, keeping only `[a-z0-9_]`.
+fn snake(field: &str) -> String {
+    let mut out = String::with_capacity(field.len() + 4);
+    let mut previous_lower = false;
+    for c in field.chars() {
+        if c.is_ascii_uppercase() {
+            if previous_lower {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            previous_lower = false;
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+            previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        } else {
+            out.push('_');
+            previous_lower = false;
+        }
+    }
+    let mut collapsed = String::with_capacity(out.len());
+    for c in out.chars() {
+        if !(c == '_' && collapsed.ends_with('_')) {
+            collapsed.push(c);
+        }
+    }
+    collapsed.trim_matches('_').to_owned()
+}
+
+/// The metric name for a field, and the factor its value is scaled by (milliseconds → seconds, since
+/// Prometheus wants base units and `promtool` refuses `milliseconds` in a name).
+fn metric_name(field: &str, counter: bool) -> Option<(String, f64)> {
+    let mut base = snake(field);
+    if base.is_empty() {
+        return None;
+    }
+    let mut scale = 1.0;
+    if base.contains("milliseconds") {
+        base = base.replace("milliseconds", "seconds");
+        scale = 0.001;
+    }
+    if counter {
+        let stem = base.strip_prefix("total_").unwrap_or(&base);
+        let stem = stem.strip_suffix("_total").unwrap_or(stem);
+        base = format!("{stem}_total");
+    }
+    let name = format!("jitsi_{base}");
+    let reserved = RESERVED.contains(&name.as_str()) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p));
+    (is_valid_name(&name) && !reserved).then_some((name, scale))
+}
+
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        // Type drift: numbers printed as strings are still numbers.
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
+        _ => None,
+    }
+}
+
+fn boolean(value: &Value) -> Option<f64> {
+    match value {
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::Number(n) => n.as_f64().filter(|v| *v == 0.0 || *v == 1.0),
+        Value::String(s) => match s.trim() {
+            "true" => Some(1.0),
+            "false" => Some(0.0),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Conference counts by size, in the shapes seen in the wild: an array (index = size), an object
+/// (`{"2": 5}`), Jicofo's histogram summary (`{"buckets": {"0_to_1": 0, "1_to_2": 4, ...}, ...}`: its
+/// ranges become the label), or any of these as a string.
+fn conference_sizes(value: &Value) -> Option<Vec<(String, f64)>> {
+    match value {
+        Value::Array(counts) => counts
+            .iter()
+            .enumerate()
+            .map(|(size, count)| Some((size.to_string(), number(count)?)))
+            .collect(),
+        Value::Object(summary) if summary.get("buckets").is_some_and(Value::is_object) => {
+            let buckets = summary.get("buckets")?.as_object()?;
+            // Ranges only: `p99_upper_bound` and the like are not counts.
+            buckets
+                .iter()
+                .filter(|(range, _)| range.contains("_to_"))
+                .map(|(range, count)| Some((range.clone(), number(count)?)))
+                .collect()
+        }
+        Value::Object(counts) => {
+            let mut sizes: Vec<(u64, f64)> = counts
+                .iter()
+                .map(|(size, count)| Some((size.trim().parse().ok()?, number(count)?)))
+                .collect::<Option<_>>()?;
+            sizes.sort_by_key(|(size, _)| *size);
+            Some(
+                sizes
+                    .into_iter()
+                    .map(|(size, count)| (size.to_string(), count))
+                    .collect(),
+            )
+        }
+        Value::String(text) => match serde_json::from_str::<Value>(text) {
+            Ok(inner @ (Value::Array(_) | Value::Object(_))) => conference_sizes(&inner),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn help(field: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Counter => {
+            format!("{field} from the bridge's /colibri/stats (cumulative since the bridge started)")
+        }
+        Kind::Bool => format!("{field} from the bridge's /colibri/stats (1 = true)"),
+        _ => format!("{field} from the bridge's /colibri/stats"),
+    }
+}
+
+/// Converts one stats object. `legacy_names` also emits the old names of cumulative fields
+/// (`jitsi_total_conferences_created`, ...) as untyped, for the dashboards operators already have.
+pub fn convert(stats: &Map<String, Value>, legacy_names: bool) -> Converted {
+    let mut converted = Converted::default();
+    let mut emitted: BTreeSet<String> = BTreeSet::new();
+    let mut push = |converted: &mut Converted, family: Family| {
+        if emitted.insert(family.name.clone()) {
+            converted.families.push(family);
+            true
+        } else {
+            false
+        }
+    };
+    for (field, value) in stats {
+        if value.is_null() {
+            continue;
+        }
+        let known = fields::kind_of(field);
+        let kind = match (known, value) {
+            (Some(kind), _) => kind,
+            (None, Value::Bool(_)) => Kind::Bool,
+            (None, Value::Number(_)) => {
+                let lower = field.to_ascii_lowercase();
+                if lower.starts_with("total_") || lower.ends_with("_total") {
+                    Kind::Counter
+                } else {
+                    Kind::Gauge
+                }
+            }
+            // Strings we do not know could hold anything (a timestamp, an id): never labels.
+            (None, Value::String(_)) => Kind::Skip,
+            (None, _) => {
+                converted.field_errors.push("other");
+                continue;
+            }
+        };
+        let error = fields::known(field).unwrap_or("other");
+        match kind {
+            Kind::Skip => {}
+            Kind::Gauge | Kind::Counter | Kind::Bool => {
+                let parsed = if kind == Kind::Bool {
+                    boolean(value)
+                } else {
+                    number(value)
+                };
+                let Some(raw) = parsed else {
+                    converted.field_errors.push(error);
+                    continue;
+                };
+                let counter = kind == Kind::Counter;
+                let Some((name, scale)) = metric_name(field, counter) else {
+                    converted.field_errors.push(error);
+                    continue;
+                };
+                let current = name.clone();
+                let family = Family {
+                    name,
+                    help: help(field, kind),
+                    kind: if counter { Type::Counter } else { Type::Gauge },
+                    samples: vec![Sample::plain(raw * scale)],
+                };
+                if !push(&mut converted, family) {
+                    converted.field_errors.push(error);
+                    continue;
+                }
+                if counter && legacy_names {
+                    let legacy = format!("jitsi_{}", snake(field));
+                    // A name with `milliseconds` cannot pass the lint, so it has no legacy twin.
+                    if is_valid_name(&legacy)
+                        && !legacy.contains("milliseconds")
+                        && !legacy.ends_with("_total")
+                    {
+                        push(
+                            &mut converted,
+                            Family {
+                                name: legacy,
+                                help: format!(
+                                    "Deprecated old name of {current}, kept for existing dashboards"
+                                ),
+                                kind: Type::Untyped,
+                                samples: vec![Sample::plain(raw)],
+                            },
+                        );
+                    }
+                }
+            }
+            Kind::Info => {
+                let Value::String(text) = value else {
+                    converted.field_errors.push(error);
+                    continue;
+                };
+                let label = snake(field);
+                push(
+                    &mut converted,
+                    Family {
+                        name: format!("jitsi_{label}_info"),
+                        help: format!("The bridge's {field}, as a label"),
+                        kind: Type::Gauge,
+                        samples: vec![Sample::labelled(&label, text, 1.0)],
+                    },
+                );
+            }
+            Kind::ConferenceSizes => {
+                let Some(sizes) = conference_sizes(value) else {
+                    converted.field_errors.push(error);
+                    continue;
+                };
+                let samples = sizes
+                    .into_iter()
+                    .map(|(size, count)| Sample::labelled("conference_size", &size, count))
+                    .collect();
+                push(
+                    &mut converted,
+                    Family {
+                        name: "jitsi_conference_sizes".to_owned(),
+                        help: "Conferences by number of participants (older bridges only)".to_owned(),
+                        kind: Type::Gauge,
+                        samples,
+                    },
+                );
+            }
+        }
+    }
+    converted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn names(converted: &Converted) -> Vec<(&str, Type)> {
+        converted
+            .families
+            .iter()
+            .map(|f| (f.name.as_str(), f.kind))
+            .collect()
+    }
+
+    fn object(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn counters_are_named_by_convention_with_legacy_twins() {
+        let converted = convert(
+            &object(json!({ "total_conferences_created": 10, "preemptive_kfr_sent": 2 })),
+            true,
+        );
+        assert_eq!(
+            names(&converted),
+            vec![
+                ("jitsi_preemptive_kfr_sent_total", Type::Counter),
+                ("jitsi_preemptive_kfr_sent", Type::Untyped),
+                ("jitsi_conferences_created_total", Type::Counter),
+                ("jitsi_total_conferences_created", Type::Untyped),
+            ]
+        );
+        let without = convert(&object(json!({ "total_conferences_created": 10 })), false);
+        assert_eq!(
+            names(&without),
+            vec![("jitsi_conferences_created_total", Type::Counter)]
+        );
+    }
+
+    #[test]
+    fn milliseconds_become_seconds_and_have_no_legacy_name() {
+        let converted = convert(
+            &object(json!({ "total_video_stream_milliseconds_received": 3357131 })),
+            true,
+        );
+        assert_eq!(
+            names(&converted),
+            vec![("jitsi_video_stream_seconds_received_total", Type::Counter)]
+        );
+        assert_eq!(converted.families[0].samples[0].value, 3357.131);
+    }
+
+    #[test]
+    fn odd_types_cost_only_their_own_field() {
+        let converted = convert(
+            &object(
+                json!({ "conferences": {"x": 1}, "participants": "7", "threads": 58.0, "healthy": "maybe", "weird": [1] }),
+            ),
+            true,
+        );
+        assert_eq!(
+            names(&converted),
+            vec![
+                ("jitsi_participants", Type::Gauge),
+                ("jitsi_threads", Type::Gauge)
+            ]
+        );
+        assert_eq!(converted.families[0].samples[0].value, 7.0);
+        assert_eq!(converted.field_errors, vec!["conferences", "healthy", "other"]);
+    }
+
+    #[test]
+    fn conference_sizes_in_every_shape() {
+        for shape in [
+            json!([0, 3, 1]),
+            json!({ "2": 1, "1": 3, "0": 0 }),
+            json!("[0,3,1]"),
+        ] {
+            let converted = convert(&object(json!({ "conference_sizes": shape })), true);
+            let samples: Vec<(String, f64)> = converted.families[0]
+                .samples
+                .iter()
+                .map(|s| (s.labels[0].1.clone(), s.value))
+                .collect();
+            assert_eq!(
+                samples,
+                vec![("0".into(), 0.0), ("1".into(), 3.0), ("2".into(), 1.0)],
+                "{shape}"
+            );
+        }
+        let empty = convert(&object(json!({ "conference_sizes": "[]" })), true);
+        assert!(empty.families[0].samples.is_empty());
+        let jicofo = convert(
+            &object(
+                json!({ "conference_sizes": { "max": 3, "buckets": { "0_to_1": 2, "1_to_2": 5, "p99_upper_bound": -1 } } }),
+            ),
+            true,
+        );
+        let samples: Vec<(String, f64)> = jicofo.families[0]
+            .samples
+            .iter()
+            .map(|s| (s.labels[0].1.clone(), s.value))
+            .collect();
+        assert_eq!(samples, vec![("0_to_1".into(), 2.0), ("1_to_2".into(), 5.0)]);
+        let bad = convert(&object(json!({ "conference_sizes": "no" })), true);
+        assert_eq!(bad.field_errors, vec!["conference_sizes"]);
+    }
+
+    #[test]
+    fn strings_become_info_metrics_only_when_known() {
+        let converted = convert(
+            &object(
+                json!({ "version": "2.3.63", "current_timestamp": "2026-03-03 18:30:14.965", "mystery": "x" }),
+            ),
+            true,
+        );
+        assert_eq!(names(&converted), vec![("jitsi_version_info", Type::Gauge)]);
+        assert_eq!(
+            converted.families[0].samples[0].labels,
+            vec![("version".to_owned(), "2.3.63".to_owned())]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_exported_without_colliding_with_ours() {
+        let converted = convert(
+            &object(
+                json!({ "newFieldCount": 4, "total_new_things": 9, "up": 0, "jvb_x": 1, "exporter_build": 1, "flag": true }),
+            ),
+            true,
+        );
+        assert_eq!(
+            names(&converted),
+            vec![
+                ("jitsi_flag", Type::Gauge),
+                ("jitsi_new_field_count", Type::Gauge),
+                ("jitsi_new_things_total", Type::Counter),
+                ("jitsi_total_new_things", Type::Untyped),
+            ]
+        );
+        assert_eq!(converted.field_errors, vec!["other", "other", "other"]);
+    }
+}

@@ -1,0 +1,27 @@
+//! Prometheus's own linter, from Debian's `prometheus` package: what every exposition we serve must pass.
+
+use std::process::{Command, Stdio};
+
+/// Runs `promtool check metrics` on `text`; `Err` carries promtool's complaints.
+pub fn check_metrics(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; cargo xtask test installs it)");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("writing to promtool");
+    let output = child.wait_with_output().expect("promtool finished");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(said)
+    }
+}
