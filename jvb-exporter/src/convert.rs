@@ -1,7 +1,7 @@
 //! `/colibri/stats` JSON → metric families. Lenient by design: a field of an odd type is skipped and
 //! reported, and never costs the other fields (strict typing is what blanked every existing exporter).
 
-use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
@@ -141,25 +141,110 @@ fn help(field: &str, kind: Kind) -> String {
     }
 }
 
+/// What a field's name alone determines — its kind if known, metric name, help, legacy twin — computed
+/// at its first scrape and reused: the same ~80 fields arrive every time, and deriving names was most of
+/// the cost of a scrape. Bounded, so a bridge inventing field names cannot grow it without end.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    fields: HashMap<String, FieldNames>,
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+#[derive(Clone, Debug)]
+struct FieldNames {
+    known: Option<Kind>,
+    error: &'static str,
+    /// For numbers and booleans: (name, scale), help, and for counters the legacy (name, help).
+    gauge: Option<Derived>,
+    counter: Option<Derived>,
+}
+
+#[derive(Clone, Debug)]
+struct Derived {
+    metric: Option<(String, f64)>,
+    help: String,
+    legacy: Option<(String, String)>,
+}
+
+impl FieldNames {
+    fn new(field: &str) -> Self {
+        Self {
+            known: fields::kind_of(field),
+            error: fields::known(field).unwrap_or("other"),
+            gauge: None,
+            counter: None,
+        }
+    }
+
+    fn derived(&mut self, field: &str, kind: Kind) -> &Derived {
+        let counter = kind == Kind::Counter;
+        let slot = if counter {
+            &mut self.counter
+        } else {
+            &mut self.gauge
+        };
+        slot.get_or_insert_with(|| {
+            let metric = metric_name(field, counter);
+            let legacy = if counter {
+                let legacy = format!("jitsi_{}", snake(field));
+                // A name with `milliseconds` cannot pass the lint, so it has no legacy twin.
+                let usable =
+                    is_valid_name(&legacy) && !legacy.contains("milliseconds") && !legacy.ends_with("_total");
+                match (&metric, usable) {
+                    (Some((current, _)), true) => Some((
+                        legacy,
+                        format!("Deprecated old name of {current}, kept for existing dashboards"),
+                    )),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            Derived {
+                metric,
+                help: help(field, kind),
+                legacy,
+            }
+        })
+    }
+}
+
 /// Converts one stats object. `legacy_names` also emits the old names of cumulative fields
 /// (`jitsi_total_conferences_created`, ...) as untyped, for the dashboards operators already have.
 pub fn convert(stats: &Map<String, Value>, legacy_names: bool) -> Converted {
+    convert_cached(stats, legacy_names, &mut NameCache::default())
+}
+
+/// [`convert`], reusing the names derived at earlier scrapes.
+pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mut NameCache) -> Converted {
     let mut converted = Converted::default();
-    let mut emitted: BTreeSet<String> = BTreeSet::new();
+    converted.families.reserve(stats.len() * 2);
+    let mut emitted: HashSet<String> = HashSet::with_capacity(stats.len() * 2);
     let mut push = |converted: &mut Converted, family: Family| {
-        if emitted.insert(family.name.clone()) {
+        if emitted.contains(&family.name) {
+            false
+        } else {
+            emitted.insert(family.name.clone());
             converted.families.push(family);
             true
-        } else {
-            false
         }
     };
+    let mut uncached;
     for (field, value) in stats {
         if value.is_null() {
             continue;
         }
-        let known = fields::kind_of(field);
-        let kind = match (known, value) {
+        let names = if cache.fields.contains_key(field.as_str()) || cache.fields.len() < CACHE_LIMIT {
+            cache
+                .fields
+                .entry(field.clone())
+                .or_insert_with(|| FieldNames::new(field))
+        } else {
+            uncached = FieldNames::new(field);
+            &mut uncached
+        };
+        let kind = match (names.known, value) {
             (Some(kind), _) => kind,
             (None, Value::Bool(_)) => Kind::Bool,
             (None, Value::Number(_)) => {
@@ -177,7 +262,7 @@ pub fn convert(stats: &Map<String, Value>, legacy_names: bool) -> Converted {
                 continue;
             }
         };
-        let error = fields::known(field).unwrap_or("other");
+        let error = names.error;
         match kind {
             Kind::Skip => {}
             Kind::Gauge | Kind::Counter | Kind::Bool => {
@@ -190,15 +275,15 @@ pub fn convert(stats: &Map<String, Value>, legacy_names: bool) -> Converted {
                     converted.field_errors.push(error);
                     continue;
                 };
-                let counter = kind == Kind::Counter;
-                let Some((name, scale)) = metric_name(field, counter) else {
+                let derived = names.derived(field, kind);
+                let Some((name, scale)) = &derived.metric else {
                     converted.field_errors.push(error);
                     continue;
                 };
-                let current = name.clone();
+                let counter = kind == Kind::Counter;
                 let family = Family {
-                    name,
-                    help: help(field, kind),
+                    name: name.clone(),
+                    help: derived.help.clone(),
                     kind: if counter { Type::Counter } else { Type::Gauge },
                     samples: vec![Sample::plain(raw * scale)],
                 };
@@ -206,25 +291,16 @@ pub fn convert(stats: &Map<String, Value>, legacy_names: bool) -> Converted {
                     converted.field_errors.push(error);
                     continue;
                 }
-                if counter && legacy_names {
-                    let legacy = format!("jitsi_{}", snake(field));
-                    // A name with `milliseconds` cannot pass the lint, so it has no legacy twin.
-                    if is_valid_name(&legacy)
-                        && !legacy.contains("milliseconds")
-                        && !legacy.ends_with("_total")
-                    {
-                        push(
-                            &mut converted,
-                            Family {
-                                name: legacy,
-                                help: format!(
-                                    "Deprecated old name of {current}, kept for existing dashboards"
-                                ),
-                                kind: Type::Untyped,
-                                samples: vec![Sample::plain(raw)],
-                            },
-                        );
-                    }
+                if legacy_names && let Some((legacy, legacy_help)) = &derived.legacy {
+                    push(
+                        &mut converted,
+                        Family {
+                            name: legacy.clone(),
+                            help: legacy_help.clone(),
+                            kind: Type::Untyped,
+                            samples: vec![Sample::plain(raw)],
+                        },
+                    );
                 }
             }
             Kind::Info => {

@@ -129,6 +129,18 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_name_cache_never_changes_the_result(scrapes in prop::collection::vec(stats(), 1..5), legacy in any::<bool>()) {
+        let mut cache = crate::convert::NameCache::default();
+        for stats in &scrapes {
+            prop_assert_eq!(crate::convert::convert_cached(stats, legacy, &mut cache), convert(stats, legacy));
+        }
+    }
+}
+
 #[test]
 fn the_validator_rejects_what_it_should() {
     assert!(validate("# HELP a x\n# TYPE a gauge\na 1\n").is_ok());

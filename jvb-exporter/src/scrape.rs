@@ -10,7 +10,7 @@ use futures::future::{BoxFuture, Shared};
 use serde_json::{Map, Value};
 
 use crate::cli::Source;
-use crate::convert::convert;
+use crate::convert::{NameCache, convert_cached};
 use crate::exposition::{Family, Sample, Type, encode, native_jvb_families};
 
 /// Why a fetch from the bridge failed: a bounded set, the label of `jitsi_exporter_scrape_errors_total`.
@@ -65,6 +65,7 @@ pub struct Exporter {
     source: Source,
     legacy_names: bool,
     counters: Mutex<Counters>,
+    names: Mutex<NameCache>,
     in_flight: Mutex<Option<Scrape>>,
 }
 
@@ -89,6 +90,7 @@ impl Exporter {
             source,
             legacy_names,
             counters: Mutex::default(),
+            names: Mutex::default(),
             in_flight: Mutex::default(),
         }))
     }
@@ -146,7 +148,10 @@ impl Exporter {
         if let Some(result) = colibri {
             match result {
                 Ok(stats) => {
-                    let converted = convert(&stats, self.legacy_names);
+                    let converted = {
+                        let mut names = self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        convert_cached(&stats, self.legacy_names, &mut names)
+                    };
                     self.count_field_errors(&converted.field_errors);
                     encode(&converted.families, &mut out);
                 }

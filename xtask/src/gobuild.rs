@@ -52,6 +52,18 @@ pub const KWOK: GoProgram = GoProgram {
     ldflags: |_| String::new(),
 };
 
+/// The Go exporter operators run today (`tests/go-tools/`), for the exporter benchmark.
+pub const JITSI_MEET_EXPORTER: GoProgram = GoProgram {
+    wrapper: "prometheus-jitsi-meet-exporter",
+    module: "github.com/systemli/prometheus-jitsi-meet-exporter",
+    commands: &[(
+        "prometheus-jitsi-meet-exporter",
+        "github.com/systemli/prometheus-jitsi-meet-exporter",
+    )],
+    tags: "",
+    ldflags: |_| String::new(),
+};
+
 fn kubernetes_ldflags(version: &str) -> String {
     let mut parts = version.trim_start_matches('v').split('.');
     let major = parts.next().unwrap_or("1");
@@ -124,10 +136,19 @@ impl GoProgram {
             .arg(format!("{}/", staging.display()))
             .args(missing.iter().map(|(_, package)| *package));
         let started = Instant::now();
+        // Go's own words go into the error, so a report can quote exactly what failed.
+        let log_path = staging.join("go-build.log");
+        command.stderr(std::fs::File::create(&log_path)?);
         let status = run_with_heartbeat(&mut command, "go build")?;
         if !status.success() {
+            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
             let _ = std::fs::remove_dir_all(&staging);
-            bail!("go build of {} {version} failed ({status})", self.module);
+            bail!(
+                "`go build` of {} {version} in {} failed ({status}):\n{}",
+                self.module,
+                self.wrapper_dir(modules).display(),
+                said.trim()
+            );
         }
         std::fs::create_dir_all(&bin_dir)?;
         for (name, package) in &missing {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cluster;
 mod gobuild;
 mod packages;
@@ -31,6 +32,11 @@ enum Command {
     },
     /// THE test command: packages, fmt, clippy, unit tests, the local cluster, integration tests.
     Test(test::Args),
+    /// Benchmarks that print a table and write it to bench/results/.
+    Bench {
+        #[command(subcommand)]
+        bench: bench::Bench,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cluster { action } => cluster::run(&paths, action),
         Command::Test(args) => test::run(&paths, &args),
+        Command::Bench { bench } => bench::run(&paths, bench),
     };
     match result {
         Ok(code) => code,

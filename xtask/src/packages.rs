@@ -1,4 +1,5 @@
-//! The real programs the tests run, from Debian's packages: installed when missing and we are root.
+//! The real programs the tests and benchmarks run, from Debian's packages: installed when missing and
+//! we are root (`apt-get update` first), otherwise named with the command that installs them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -6,17 +7,22 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 
 /// Command the tests run → the Debian package that ships it.
-const REQUIRED: [(&str, &str); 3] = [
+const TEST_PROGRAMS: [(&str, &str); 3] = [
     ("promtool", "prometheus"),
     ("haproxy", "haproxy"),
     ("prosody", "prosody"),
 ];
 
-/// Installs the missing packages (root only: `apt-get update` first), or says exactly what to install.
+/// What `cargo xtask test` needs.
 pub fn ensure_installed() -> Result<()> {
     which("go").context("Go is not installed: the control plane is built from the Go module proxy")?;
     which("kubectl").context("kubectl is not installed")?;
-    let missing: Vec<&str> = REQUIRED
+    ensure_commands(&TEST_PROGRAMS)
+}
+
+/// Installs the Debian packages of `commands` (command → package) that are missing.
+pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = commands
         .iter()
         .filter(|(command, _)| which(command).is_err())
         .map(|(_, package)| *package)

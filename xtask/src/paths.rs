@@ -39,6 +39,11 @@ impl Paths {
         self.repo.join("tests/control-plane")
     }
 
+    /// Wrapper modules of Go programs used by benchmarks.
+    pub fn go_tools(&self) -> PathBuf {
+        self.repo.join("tests/go-tools")
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.cluster.join("kubeconfig")
     }
