@@ -38,7 +38,7 @@ pub struct Cli {
     pub listen: SocketAddr,
 
     /// Upstream timeout: keep it below Prometheus's scrape timeout.
-    #[arg(long, env = "TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "TIMEOUT", default_value = "3s", value_parser = daemon_kit::flags::parse_duration)]
     pub timeout: Duration,
 
     /// What to export.
@@ -52,19 +52,4 @@ pub struct Cli {
 
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-/// `3s`, `500ms`, `2` (seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let invalid = || format!("{text:?} is not a duration like 3s or 500ms");
-    if let Some(ms) = text.strip_suffix("ms") {
-        return ms.parse().map(Duration::from_millis).map_err(|_| invalid());
-    }
-    let seconds = text.strip_suffix('s').unwrap_or(text);
-    let value: f64 = seconds.parse().map_err(|_| invalid())?;
-    if !(value.is_finite() && value > 0.0) {
-        return Err(invalid());
-    }
-    Ok(Duration::from_secs_f64(value))
 }

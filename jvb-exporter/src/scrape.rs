@@ -254,12 +254,15 @@ impl Exporter {
         let scrape_errors = sources
             .iter()
             .flat_map(|source| Reason::ALL.iter().map(move |reason| (*source, *reason)))
-            .map(|key| Sample {
-                labels: vec![
+            .map(|key| {
+                let labels = vec![
                     ("source".to_owned(), key.0.to_owned()),
                     ("reason".to_owned(), key.1.as_str().to_owned()),
-                ],
-                value: counters.scrape_errors.get(&key).copied().unwrap_or(0) as f64,
+                ];
+                Sample::with_labels(
+                    labels,
+                    counters.scrape_errors.get(&key).copied().unwrap_or(0) as f64,
+                )
             })
             .collect();
         let mut families = vec![

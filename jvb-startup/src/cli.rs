@@ -92,11 +92,11 @@ pub struct DrainArgs {
     pub jvb_url: String,
 
     /// How often to poll /colibri/stats.
-    #[arg(long, env = "DRAIN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "DRAIN_INTERVAL", default_value = "5s", value_parser = daemon_kit::flags::parse_duration)]
     pub interval: Duration,
 
     /// Give up waiting after this long (keep it below the pod's terminationGracePeriodSeconds).
-    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "3h", value_parser = parse_duration)]
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "3h", value_parser = daemon_kit::flags::parse_duration)]
     pub timeout: Duration,
 
     /// Only enable drain mode (no new conferences here) instead of a graceful shutdown.
@@ -104,7 +104,7 @@ pub struct DrainArgs {
     pub drain_only: bool,
 
     /// Timeout of each HTTP request to the bridge.
-    #[arg(long, env = "DRAIN_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "DRAIN_REQUEST_TIMEOUT", default_value = "5s", value_parser = daemon_kit::flags::parse_duration)]
     pub request_timeout: Duration,
 }
 
@@ -112,24 +112,6 @@ pub struct DrainArgs {
 pub struct InstallArgs {
     /// The folder to copy the binary into (as `jvb-startup`).
     pub dir: PathBuf,
-}
-
-/// `90`, `90s`, `500ms`, `15m`, `3h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 3h"))?;
-    let duration = match unit {
-        "" | "s" => Duration::from_secs(value),
-        "ms" => Duration::from_millis(value),
-        "m" => Duration::from_secs(value.saturating_mul(60)),
-        "h" => Duration::from_secs(value.saturating_mul(3600)),
-        _ => return Err(format!("{text:?} is not a duration like 30s, 5m or 3h")),
-    };
-    Ok(duration)
 }
 
 /// `30000-32767` → (30000, 32767).
@@ -147,17 +129,6 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(10800)));
-        for bad in ["", "s", "1d", "-1s", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn port_ranges() {

@@ -1,13 +1,11 @@
-//! Exposes Prosody's statistics and Jitsi's room census to Prometheus.
+//! prosody-exporter: a sidecar that reads Prosody's own OpenMetrics (`mod_http_openmetrics`) and Jitsi's
+//! room census on localhost — where Prosody allows them — and serves both to Prometheus as valid text.
 //!
-//! Only the command line exists so far; the behaviour arrives with issue 5.
+//! [`openmetrics`] and [`census`] are the pure core; [`scrape`] fetches; [`server`] serves.
+//! `prosody-modules/mod_muc_census.lua` serves the census for Prosody installations without Jitsi's module.
 
-use daemon_kit::telemetry::LogArgs;
-
-/// Exposes Prosody's statistics and Jitsi's room census to Prometheus.
-#[derive(Debug, clap::Parser)]
-#[command(name = "prosody-exporter", version)]
-pub struct Cli {
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+pub mod census;
+pub mod cli;
+pub mod openmetrics;
+pub mod scrape;
+pub mod server;

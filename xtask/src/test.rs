@@ -58,12 +58,15 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
 
     let started_cluster = cluster::up(paths)?;
     let kubeconfig = paths.kubeconfig().display().to_string();
+    // The integration tests run our daemons as real processes: build them first.
     let integration = step(&mut steps, "integration tests", || {
-        cargo(
-            paths,
-            &["test", "--package", "integration-tests", "--locked"],
-            &[("KUBECONFIG", &kubeconfig)],
-        )
+        let built = cargo(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
+        Ok(built
+            && cargo(
+                paths,
+                &["test", "--package", "integration-tests", "--locked"],
+                &[("KUBECONFIG", &kubeconfig)],
+            )?)
     });
     if started_cluster && !args.keep_cluster {
         cluster::down(paths)?;

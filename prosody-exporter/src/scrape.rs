@@ -1,0 +1,236 @@
+//! One scrape: Prosody's metrics and the census fetched concurrently; a failing source gives its `up`
+//! metric 0 and a counted reason, never an error response and never stale values.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use daemon_kit::exposition::{Family, Sample, Type, encode};
+
+use crate::census;
+use crate::openmetrics;
+
+/// Why a fetch from Prosody failed: a bounded set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    Timeout,
+    Connect,
+    /// 403: this address is not in openmetrics_allow_ips / openmetrics_allow_cidr.
+    Forbidden,
+    /// 404: statistics off, or no census module.
+    NotFound,
+    HttpStatus,
+    NotJson,
+    NotCensus,
+    ReadBody,
+}
+
+impl Reason {
+    const ALL: [Reason; 8] = [
+        Reason::Timeout,
+        Reason::Connect,
+        Reason::Forbidden,
+        Reason::NotFound,
+        Reason::HttpStatus,
+        Reason::NotJson,
+        Reason::NotCensus,
+        Reason::ReadBody,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Connect => "connect",
+            Reason::Forbidden => "forbidden",
+            Reason::NotFound => "not_found",
+            Reason::HttpStatus => "http_status",
+            Reason::NotJson => "not_json",
+            Reason::NotCensus => "not_census",
+            Reason::ReadBody => "read_body",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Exporter {
+    client: reqwest::Client,
+    metrics_url: String,
+    census_url: Option<String>,
+    errors: Mutex<BTreeMap<(&'static str, Reason), u64>>,
+    skipped_lines: Mutex<u64>,
+}
+
+impl Exporter {
+    pub fn new(
+        prosody_url: &str,
+        metrics_path: &str,
+        census_path: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let base = prosody_url.trim_end_matches('/');
+        let path = |p: &str| format!("{base}/{}", p.trim_start_matches('/'));
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .build()?,
+            metrics_url: path(metrics_path),
+            census_url: census_path.map(path),
+            errors: Mutex::default(),
+            skipped_lines: Mutex::default(),
+        })
+    }
+
+    pub async fn metrics(&self) -> String {
+        let started = Instant::now();
+        let census = async {
+            match &self.census_url {
+                Some(url) => Some(self.fetch(url).await),
+                None => None,
+            }
+        };
+        let (prosody, census) = tokio::join!(self.fetch(&self.metrics_url), census);
+
+        let mut out = String::with_capacity(32 * 1024);
+        let prosody_up = match prosody {
+            Ok(text) => {
+                let parsed = openmetrics::parse(&String::from_utf8_lossy(&text));
+                if parsed.skipped_lines > 0
+                    && let Ok(mut skipped) = self.skipped_lines.lock()
+                {
+                    *skipped += parsed.skipped_lines as u64;
+                }
+                encode(&parsed.families, &mut out);
+                true
+            }
+            Err(reason) => {
+                self.count("prosody", reason);
+                false
+            }
+        };
+        let census_up = match census {
+            None => None,
+            Some(Ok(body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(json) => match census::parse(&json) {
+                    Some(census) => {
+                        encode(&census::families(&census), &mut out);
+                        Some(true)
+                    }
+                    None => {
+                        self.count("census", Reason::NotCensus);
+                        Some(false)
+                    }
+                },
+                Err(_) => {
+                    self.count("census", Reason::NotJson);
+                    Some(false)
+                }
+            },
+            Some(Err(reason)) => {
+                self.count("census", reason);
+                Some(false)
+            }
+        };
+        encode(
+            &self.own_families(prosody_up, census_up, started.elapsed().as_secs_f64()),
+            &mut out,
+        );
+        out
+    }
+
+    async fn fetch(&self, url: &str) -> Result<Vec<u8>, Reason> {
+        let response = self.client.get(url).send().await.map_err(|e| {
+            if e.is_timeout() {
+                Reason::Timeout
+            } else {
+                Reason::Connect
+            }
+        })?;
+        match response.status().as_u16() {
+            200..=299 => {}
+            403 => return Err(Reason::Forbidden),
+            404 => return Err(Reason::NotFound),
+            _ => return Err(Reason::HttpStatus),
+        }
+        let body = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                Reason::Timeout
+            } else {
+                Reason::ReadBody
+            }
+        })?;
+        Ok(body.to_vec())
+    }
+
+    fn count(&self, source: &'static str, reason: Reason) {
+        tracing::debug!(source, reason = reason.as_str(), "fetch from Prosody failed");
+        if let Ok(mut errors) = self.errors.lock() {
+            *errors.entry((source, reason)).or_insert(0) += 1;
+        }
+    }
+
+    fn own_families(&self, prosody_up: bool, census_up: Option<bool>, duration: f64) -> Vec<Family> {
+        let up = |name: &str, help: &str, up: bool| Family {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind: Type::Gauge,
+            samples: vec![Sample::plain(if up { 1.0 } else { 0.0 })],
+        };
+        let errors = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        let mut sources = vec!["prosody"];
+        if census_up.is_some() {
+            sources.push("census");
+        }
+        let error_samples = sources
+            .iter()
+            .flat_map(|source| Reason::ALL.iter().map(move |reason| (*source, *reason)))
+            .map(|key| {
+                let labels = vec![
+                    ("source".to_owned(), key.0.to_owned()),
+                    ("reason".to_owned(), key.1.as_str().to_owned()),
+                ];
+                Sample::with_labels(labels, errors.get(&key).copied().unwrap_or(0) as f64)
+            })
+            .collect();
+        let skipped = self.skipped_lines.lock().map(|s| *s).unwrap_or(0);
+        let mut families = vec![up(
+            "prosody_up",
+            "1 if Prosody's /metrics answered at the last scrape",
+            prosody_up,
+        )];
+        if let Some(census_up) = census_up {
+            families.push(up(
+                "jitsi_prosody_census_up",
+                "1 if the room census answered at the last scrape",
+                census_up,
+            ));
+        }
+        families.extend([
+            Family {
+                name: "prosody_exporter_scrape_duration_seconds".to_owned(),
+                help: "How long the last scrape of Prosody took".to_owned(),
+                kind: Type::Gauge,
+                samples: vec![Sample::plain(duration)],
+            },
+            Family {
+                name: "prosody_exporter_build_info".to_owned(),
+                help: "The exporter's version".to_owned(),
+                kind: Type::Gauge,
+                samples: vec![Sample::labelled("version", env!("CARGO_PKG_VERSION"), 1.0)],
+            },
+            Family {
+                name: "prosody_exporter_scrape_errors_total".to_owned(),
+                help: "Failed fetches from Prosody, by source and reason".to_owned(),
+                kind: Type::Counter,
+                samples: error_samples,
+            },
+            Family {
+                name: "prosody_exporter_skipped_lines_total".to_owned(),
+                help: "Lines of Prosody's metrics that did not parse and were left out".to_owned(),
+                kind: Type::Counter,
+                samples: vec![Sample::plain(skipped as f64)],
+            },
+        ]);
+        families
+    }
+}
