@@ -14,13 +14,15 @@ pub struct Parsed {
     pub skipped_lines: usize,
 }
 
+/// One parsed sample: the suffix after its family's name, its labels, its value.
+type RawSample = (String, Vec<(String, String)>, f64);
+
 #[derive(Debug)]
 struct Pending {
     name: String,
     help: Option<String>,
     kind: String,
-    /// (suffix after the family name, labels, value)
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<RawSample>,
 }
 
 fn unescape_help(text: &str) -> String {
