@@ -2,7 +2,7 @@
 //! room census on localhost — where Prosody allows them — and serves both to Prometheus as valid text.
 //!
 //! [`openmetrics`] and [`census`] are the pure core; [`scrape`] fetches; [`server`] serves.
-//! `prosody-modules/mod_muc_census.lua` serves the census for Prosody installations without Jitsi's module.
+//! `manifests/components/prosody-muc-census/mod_muc_census.lua` serves the census where Jitsi's module is missing.
 
 pub mod census;
 pub mod cli;

@@ -8,6 +8,7 @@ pub mod bridge_stub;
 pub mod daemon;
 pub mod manifests;
 pub mod promtool;
+pub mod prosody;
 pub mod service_per_pod;
 
 use std::future::Future;
