@@ -24,6 +24,12 @@ pub enum Bench {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// What prosody-exporter adds over fetching Prosody's /metrics directly, with 1 000 rooms.
+    ProsodyExporter {
+        /// How long wrk scrapes each side, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 const FIXTURE: &str = "colibri/2026-jvb-2.3.63-relay.json";
@@ -31,6 +37,7 @@ const FIXTURE: &str = "colibri/2026-jvb-2.3.63-relay.json";
 pub fn run(paths: &Paths, bench: Bench) -> Result<ExitCode> {
     match bench {
         Bench::Exporter { seconds } => exporter(paths, Duration::from_secs(seconds)),
+        Bench::ProsodyExporter { seconds } => prosody_exporter(paths, Duration::from_secs(seconds)),
     }
 }
 
@@ -54,7 +61,7 @@ fn exporter(paths: &Paths, duration: Duration) -> Result<ExitCode> {
     packages::ensure_commands(&[("wrk", "wrk")])?;
     let fixture = paths.repo.join("../shared/fixtures").join(FIXTURE);
     let body = std::fs::read(&fixture).with_context(|| format!("reading {}", fixture.display()))?;
-    let upstream = serve_forever(body)?;
+    let upstream = serve_forever(vec![("/", "application/json", body)])?;
     println!("==> upstream replaying {FIXTURE} on 127.0.0.1:{upstream}");
 
     println!("==> building jvb-exporter (release)");
@@ -151,21 +158,10 @@ fn report(
     go_error: Option<&anyhow::Error>,
     duration: Duration,
 ) -> Result<String> {
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let kernel = command_output("uname", &["-r"]).unwrap_or_default();
-    let rustc = command_output("rustc", &["--version"]).unwrap_or_default();
     let mut text = format!(
-        "# jvb-exporter benchmark\n\nMachine: {cores} cores, {cpu_model}, Linux {kernel}; {rustc}.\n\
+        "# jvb-exporter benchmark\n\nMachine: {}.\n\
          Upstream: a keep-alive HTTP server replaying `{FIXTURE}`; load: `wrk -t1 -c1 -d{}s --latency` on `/metrics`.\n\n",
+        machine_line(),
         duration.as_secs()
     );
     let row = |label: &str, ours: String, go: Option<String>, ratio: Option<f64>| {
@@ -249,13 +245,17 @@ fn wait_for_http(port: u16, child: &mut Child) -> Result<()> {
 }
 
 fn wrk(port: u16, duration: Duration) -> Result<String> {
+    wrk_path(port, "/metrics", duration)
+}
+
+fn wrk_path(port: u16, path: &str, duration: Duration) -> Result<String> {
     let out = Command::new("wrk")
         .args([
             "-t1",
             "-c1",
             &format!("-d{}s", duration.as_secs()),
             "--latency",
-            &format!("http://127.0.0.1:{port}/metrics"),
+            &format!("http://127.0.0.1:{port}{path}"),
         ])
         .output()
         .context("running wrk")?;
@@ -324,27 +324,34 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// A minimal HTTP/1.1 server answering every request on a connection with `body` (keep-alive), so the
-/// upstream costs next to nothing and is the same for both exporters.
-fn serve_forever(body: Vec<u8>) -> Result<u16> {
+/// A minimal HTTP/1.1 server (keep-alive) answering each request with the body of the first route whose
+/// path prefixes the request's, so the upstream costs next to nothing and is the same for every side.
+fn serve_forever(routes: Vec<(&'static str, &'static str, Vec<u8>)>) -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    let mut response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    response.extend_from_slice(&body);
+    let responses: Vec<(&'static str, Vec<u8>)> = routes
+        .into_iter()
+        .map(|(path, content_type, body)| {
+            let header = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let mut response = header.into_bytes();
+            response.extend_from_slice(&body);
+            (path, response)
+        })
+        .collect();
+    let responses = std::sync::Arc::new(responses);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let response = response.clone();
-            std::thread::spawn(move || answer(stream, &response));
+            let responses = std::sync::Arc::clone(&responses);
+            std::thread::spawn(move || answer(stream, &responses));
         }
     });
     Ok(port)
 }
 
-fn answer(mut stream: TcpStream, response: &[u8]) {
+fn answer(mut stream: TcpStream, responses: &[(&'static str, Vec<u8>)]) {
     let _ = stream.set_nodelay(true);
     let mut pending: Vec<u8> = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -354,12 +361,118 @@ fn answer(mut stream: TcpStream, response: &[u8]) {
             Ok(n) => pending.extend_from_slice(&buffer[..n]),
         }
         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let request = String::from_utf8_lossy(&pending[..end]).into_owned();
             pending.drain(..end + 4);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let Some((_, response)) = responses.iter().find(|(prefix, _)| path.starts_with(prefix)) else {
+                return;
+            };
             if stream.write_all(response).is_err() {
                 return;
             }
         }
     }
+}
+
+/// `cargo xtask bench prosody-exporter`: wrk on the upstream's /metrics directly (what Prometheus would
+/// do without the sidecar), then on the sidecar, which fetches /metrics and a 1 000-room census.
+fn prosody_exporter(paths: &Paths, duration: Duration) -> Result<ExitCode> {
+    packages::ensure_commands(&[("wrk", "wrk")])?;
+    let fixtures = paths.repo.join("../shared/fixtures/prosody");
+    let openmetrics = std::fs::read(fixtures.join("prosody-0.12.3-openmetrics-idle.txt"))
+        .context("reading the Prosody fixture")?;
+    let upstream = serve_forever(vec![
+        (
+            "/metrics",
+            "application/openmetrics-text; version=0.0.4",
+            openmetrics,
+        ),
+        ("/room-census", "application/json", census_of(1000).into_bytes()),
+    ])?;
+    println!(
+        "==> upstream replaying Prosody's recorded /metrics and a 1 000-room census on 127.0.0.1:{upstream}"
+    );
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&paths.repo)
+        .args(["build", "--release", "--locked", "--package", "prosody-exporter"])
+        .status()?;
+    if !status.success() {
+        bail!("building prosody-exporter failed");
+    }
+
+    println!(
+        "==> Prosody's /metrics directly: {}s of wrk -t1 -c1",
+        duration.as_secs()
+    );
+    wrk_path(upstream, "/metrics", Duration::from_secs(2))?;
+    let direct = wrk_path(upstream, "/metrics", duration)?;
+    let (direct_p50, direct_p99) = (wrk_percentile(&direct, "50%")?, wrk_percentile(&direct, "99%")?);
+
+    let port = free_port()?;
+    let binary = paths.repo.join("target/release/prosody-exporter");
+    let args = [
+        format!("--prosody-url=http://127.0.0.1:{upstream}"),
+        format!("--listen=127.0.0.1:{port}"),
+    ];
+    let ours = measure("prosody-exporter", &binary, &args, port, duration)?;
+    let report = format!(
+        "# prosody-exporter benchmark\n\nMachine: {}.\n\
+         Upstream: a keep-alive HTTP server replaying Prosody 0.12's recorded `/metrics` \
+         (`shared/fixtures/prosody/prosody-0.12.3-openmetrics-idle.txt`) and a census of 1 000 rooms in \
+         mod_muc_census's shape; load: `wrk -t1 -c1 -d{}s --latency`.\n\n\
+         | measure | Prosody's /metrics directly | through prosody-exporter | added |\n|---|---|---|---|\n\
+         | latency p50 | {direct_p50:.3} ms | {:.3} ms | {:.3} ms |\n\
+         | latency p99 | {direct_p99:.3} ms | {:.3} ms | {:.3} ms |\n\
+         | sidecar CPU per scrape | – | {:.0} µs | |\n\
+         | sidecar peak RSS | – | {:.1} MiB | |\n\
+         | scrapes | {} | {} | |\n",
+        machine_line(),
+        duration.as_secs(),
+        ours.p50_ms,
+        ours.p50_ms - direct_p50,
+        ours.p99_ms,
+        ours.p99_ms - direct_p99,
+        ours.cpu_per_10k() * 100.0,
+        ours.peak_rss_mib,
+        wrk_requests(&direct)?,
+        ours.requests,
+    );
+    println!("\n{report}");
+    let results = paths.repo.join("bench/results");
+    std::fs::create_dir_all(&results)?;
+    std::fs::write(results.join("prosody-exporter.md"), &report)?;
+    println!("==> written to {}", results.join("prosody-exporter.md").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A census of `rooms` rooms in mod_muc_census's JSON shape, sizes spread from 1 to 20.
+fn census_of(rooms: usize) -> String {
+    let entries: Vec<String> = (0..rooms)
+        .map(|i| {
+            format!(
+                "{{\"room_name\":\"room-{i}@conference.meet.example\",\"participants\":{},\"created_time\":1795500000000,\"leaked\":{}}}",
+                1 + (i * 7) % 20,
+                i % 100 == 0
+            )
+        })
+        .collect();
+    format!("{{\"room_census\":[{}]}}", entries.join(","))
+}
+
+fn machine_line() -> String {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = command_output("uname", &["-r"]).unwrap_or_default();
+    let rustc = command_output("rustc", &["--version"]).unwrap_or_default();
+    format!("{cores} cores, {cpu_model}, Linux {kernel}; {rustc}")
 }
 
 #[cfg(test)]
