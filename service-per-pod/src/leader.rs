@@ -19,22 +19,25 @@ use tokio::sync::watch;
 #[derive(Clone, Debug)]
 pub struct Leadership {
     state: watch::Receiver<bool>,
+    /// Held by `always()`: with its sender alive, a watch on this state waits instead of ending.
+    _constant: Option<std::sync::Arc<watch::Sender<bool>>>,
 }
 
 impl Leadership {
     /// Without leader election the only replica always leads.
     pub fn always() -> Self {
         let (sender, state) = watch::channel(true);
-        // Keep the sender alive for the life of the process: this state never changes.
-        Box::leak(Box::new(sender));
-        Self { state }
+        Self {
+            state,
+            _constant: Some(std::sync::Arc::new(sender)),
+        }
     }
 
     pub fn is_leader(&self) -> bool {
         *self.state.borrow()
     }
 
-    /// Resolves every time this replica becomes the leader (including at once, if it already is).
+    /// A receiver that sees every change of leadership (`changed()` wakes on each).
     pub fn changes(&self) -> watch::Receiver<bool> {
         self.state.clone()
     }
@@ -89,7 +92,10 @@ impl Elector {
                 observed: None,
                 last_renewal: None,
             },
-            Leadership { state: receiver },
+            Leadership {
+                state: receiver,
+                _constant: None,
+            },
         )
     }
 
