@@ -7,8 +7,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use daemon_kit::admin::{BoundServer, Readiness, ServeError, health_router};
-use daemon_kit::shutdown::Shutdown;
+use daemon_kit::admin::{Readiness, health_router};
 
 use crate::exposition::CONTENT_TYPE;
 use crate::scrape::Exporter;
@@ -23,21 +22,4 @@ pub fn router(exporter: Arc<Exporter>, readiness: Readiness) -> Router {
 async fn metrics(State(exporter): State<Arc<Exporter>>) -> impl IntoResponse {
     let text = exporter.metrics().await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], (*text).clone())
-}
-
-/// Serves until the first stop signal; ready as soon as the listener is bound.
-pub async fn serve(
-    server: BoundServer,
-    exporter: Arc<Exporter>,
-    shutdown: Shutdown,
-) -> Result<(), ServeError> {
-    let readiness = Readiness::default();
-    readiness.set(true);
-    tracing::info!(addr = %server.local_addr(), "serving /metrics");
-    server
-        .serve(
-            router(exporter, readiness),
-            async move { shutdown.draining().await },
-        )
-        .await
 }

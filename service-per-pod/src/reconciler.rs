@@ -177,14 +177,7 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
         }
     };
 
-    let replicas = set
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.replicas)
-        .unwrap_or(1)
-        .max(0)
-        .unsigned_abs();
-    let ordinals = desired::wanted_ordinals(replicas, pod_ordinals(ctx, &key, &uid));
+    let ordinals = wanted_ordinals(ctx, set, &key, &uid);
     let winners = desired::port_winners(&claims(ctx), &held_ports(ctx));
     let plan = desired::plan(&key, &opt_in, &ordinals, ctx.node_port_range, &winners);
 
@@ -309,6 +302,19 @@ fn owned_services(ctx: &Context, key: &SetKey, uid: &str) -> Vec<Arc<Service>> {
         .collect()
 }
 
+/// The ordinals that need a Service: the replicas asked for, and every pod that still exists.
+fn wanted_ordinals(ctx: &Context, set: &StatefulSet, key: &SetKey, uid: &str) -> BTreeSet<u32> {
+    // A StatefulSet without replicas means 1, as the API server defaults it.
+    let replicas = set
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1)
+        .max(0)
+        .unsigned_abs();
+    desired::wanted_ordinals(replicas, pod_ordinals(ctx, key, uid))
+}
+
 /// Ordinals of the StatefulSet's existing pods, Terminating ones included.
 fn pod_ordinals(ctx: &Context, key: &SetKey, uid: &str) -> Vec<u32> {
     ctx.pods
@@ -339,14 +345,7 @@ fn claims(ctx: &Context) -> Vec<Claim> {
             let opt_in = annotations::parse(set.annotations()).ok().flatten()?;
             let uid = set.uid()?;
             let key = key_of(set);
-            let replicas = set
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.replicas)
-                .unwrap_or(1)
-                .max(0)
-                .unsigned_abs();
-            let ordinals = desired::wanted_ordinals(replicas, pod_ordinals(ctx, &key, &uid));
+            let ordinals = wanted_ordinals(ctx, set, &key, &uid);
             let created = set
                 .meta()
                 .creation_timestamp
