@@ -210,7 +210,7 @@ fn report(
     ));
     if let Some(error) = go_error {
         // Registries are named, not their addresses.
-        let error = format!("{error:#}").replace("https://<go-module-proxy>/", "<Go module proxy>/");
+        let error = without_hosts(&format!("{error:#}"));
         text.push_str(&format!(
             "\nThe Go exporter was not measured: building it from the Go module proxy failed:\n\n```\n{error}\n```\n\n\
              For scale only (measured elsewhere, not in this run, so not comparable as a ratio): the issue reports \
@@ -219,6 +219,21 @@ fn report(
         ));
     }
     Ok(text)
+}
+
+/// Registries are named, never their addresses: `https://<host>/path` becomes `<registry>/path`.
+fn without_hosts(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("https://") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + "https://".len()..];
+        let host_end = after.find('/').unwrap_or(after.len());
+        out.push_str("<registry>");
+        rest = &after[host_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
@@ -491,6 +506,15 @@ mod tests {
   39000 requests in 10.00s, 150.00MB read
 Requests/sec:   3900.00
 ";
+
+    #[test]
+    fn hosts_are_left_out() {
+        assert_eq!(
+            without_hosts("reading https://example.org/a/b: 403"),
+            "reading <registry>/a/b: 403"
+        );
+        assert_eq!(without_hosts("no address"), "no address");
+    }
 
     #[test]
     fn parses_wrk() {
