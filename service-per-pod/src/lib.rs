@@ -13,3 +13,6 @@ pub mod leader;
 pub mod metrics;
 pub mod reconciler;
 pub mod runtime;
+
+#[cfg(test)]
+mod property_tests;

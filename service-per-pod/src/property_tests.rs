@@ -1,0 +1,81 @@
+//! Hostile or broken input: any annotations, any replica count, any pods — the pure core never panics,
+//! and every Service it plans stays inside its own StatefulSet's port block (base + ordinal, in range).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use crate::annotations::{self, BASE_PORT, LABEL, LEGACY_LABEL, PROTOCOLS};
+use crate::desired::{self, Claim, NodePortRange, SetKey};
+
+fn annotation_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u32..70000).prop_map(|n| n.to_string()),
+        "[0-9]{0,7}",
+        "\\PC{0,12}",
+        Just("UDP,TCP".to_owned()),
+        Just(" tcp , udp ".to_owned()),
+        "[a-z./-]{0,20}",
+    ]
+}
+
+fn annotations_map() -> impl Strategy<Value = BTreeMap<String, String>> {
+    let key = prop_oneof![
+        Just(BASE_PORT),
+        Just(PROTOCOLS),
+        Just(LABEL),
+        Just(LEGACY_LABEL),
+        Just("other/key")
+    ];
+    prop::collection::btree_map(key.prop_map(str::to_owned), annotation_value(), 0..5)
+}
+
+fn set_name() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z][a-z0-9-]{0,20}", "\\PC{1,70}", "[a-z.]{1,80}"]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn random_statefulsets_stay_in_their_port_blocks(
+        annotations in annotations_map(),
+        name in set_name(),
+        replicas in 0u32..300,
+        pods in prop::collection::btree_set(0u32..400, 0..20),
+        range_start in 1u16..40000,
+        range_len in 0u16..30000,
+        others in prop::collection::vec((0u16..u16::MAX, 0i64..10), 0..4),
+    ) {
+        let range = NodePortRange { first: range_start, last: range_start.saturating_add(range_len) };
+        let Ok(Some(opt_in)) = annotations::parse(&annotations) else {
+            return Ok(());
+        };
+        let set = SetKey { namespace: "ns".into(), name };
+        let ordinals = desired::wanted_ordinals(replicas, pods.iter().copied());
+        let mut claims: Vec<Claim> = others
+            .iter()
+            .enumerate()
+            .map(|(i, (base, created))| Claim {
+                set: SetKey { namespace: "other".into(), name: format!("s{i}") },
+                created: *created,
+                ports: (0..3).filter_map(|o| desired::port_for(*base, o)).collect(),
+            })
+            .collect();
+        claims.push(Claim { set: set.clone(), created: 5, ports: desired::claimed_ports(&opt_in, &ordinals, range) });
+        let winners = desired::port_winners(&claims, &BTreeMap::new());
+        let plan = desired::plan(&set, &opt_in, &ordinals, range, &winners);
+
+        let planned: BTreeSet<u32> = plan.services.iter().map(|s| s.ordinal).collect();
+        prop_assert!(planned.is_subset(&ordinals));
+        for service in &plan.services {
+            prop_assert_eq!(u32::from(service.port), u32::from(opt_in.base_port) + service.ordinal, "base + ordinal");
+            prop_assert!(range.contains(service.port), "inside the node-port range");
+            prop_assert_eq!(winners.get(&service.port), Some(&set), "a port this StatefulSet holds");
+            prop_assert_eq!(&service.name, &format!("{}-{}", set.name, service.ordinal));
+            prop_assert!(desired::is_dns1035_label(&service.name));
+        }
+        // Every wanted ordinal is either planned or reported, never silently dropped.
+        prop_assert_eq!(plan.services.len() + plan.skipped.len(), ordinals.len());
+    }
+}
