@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use daemon_kit::admin::Readiness;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
@@ -24,6 +25,8 @@ use crate::metrics::{Category, Metrics, Verb};
 pub const FIELD_MANAGER: &str = "service-per-pod";
 /// Set by the StatefulSet controller since Kubernetes 1.28; older pods fall back to their name.
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// How soon to look again when a reconcile comes before the caches are filled.
+const CACHE_WAIT: Duration = Duration::from_millis(200);
 /// Service writes in flight at once for one StatefulSet.
 const CONCURRENT_WRITES: usize = 16;
 /// While a StatefulSet loses a port to another, look again this often (the other may let it go).
@@ -59,6 +62,8 @@ pub struct Context {
     pub node_port_range: NodePortRange,
     pub recorder: Recorder,
     pub leadership: Leadership,
+    /// Until every cache is filled, an absent Service may just not be listed yet: no writes before.
+    synced: Readiness,
     pub metrics: Metrics,
     /// The warnings last reported per StatefulSet, so each is reported once, not at every reconcile.
     reported: Mutex<HashMap<SetKey, BTreeSet<(String, String)>>>,
@@ -74,23 +79,44 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The watch caches a reconcile reads, and whether every one of them has been filled once.
+#[derive(Clone)]
+pub struct Caches {
+    pub statefulsets: Store<StatefulSet>,
+    pub services: Store<Service>,
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub synced: Readiness,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches")
+            .field("synced", &self.synced.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Context {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
-        statefulsets: Store<StatefulSet>,
-        services: Store<Service>,
-        pods: Store<PartialObjectMeta<Pod>>,
+        caches: Caches,
         node_port_range: NodePortRange,
         recorder: Recorder,
         leadership: Leadership,
         metrics: Metrics,
     ) -> Self {
+        let Caches {
+            statefulsets,
+            services,
+            pods,
+            synced,
+        } = caches;
         Self {
             client,
             statefulsets,
             services,
             pods,
+            synced,
             node_port_range,
             recorder,
             leadership,
@@ -112,7 +138,9 @@ fn key_of(set: &StatefulSet) -> SetKey {
 pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = if ctx.leadership.is_leader() {
+    let result = if !ctx.synced.is_ready() {
+        Ok(Action::requeue(CACHE_WAIT))
+    } else if ctx.leadership.is_leader() {
         reconcile_leading(&set, &ctx).await
     } else {
         Ok(Action::await_change())

@@ -22,7 +22,7 @@ use crate::cli::Cli;
 use crate::desired::MANAGED_SELECTOR;
 use crate::leader::{Elector, Leadership, LeaseSettings};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, Context};
+use crate::reconciler::{self, Caches, Context};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -132,11 +132,15 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         controller: "service-per-pod".to_owned(),
         instance: Some(identity),
     };
+    let caches = Caches {
+        statefulsets: set_store,
+        services: service_store,
+        pods: pod_store,
+        synced: readiness.clone(),
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        set_store,
-        service_store,
-        pod_store,
+        caches,
         cli.node_port_range,
         Recorder::new(client, reporter),
         leadership,

@@ -654,3 +654,44 @@ async fn a_standby_takes_over_within_15_seconds_of_the_leader_dying() {
     drop(standby);
     fx.namespace.delete().await;
 }
+
+/// Ports 30187–30188.
+#[tokio::test]
+async fn a_restarted_controller_with_nothing_changed_writes_nothing() {
+    let mut fx = Fixture::start("spp-restart").await;
+    fx.sets()
+        .create(
+            &PostParams::default(),
+            &statefulset("jvb", 2, &[("service-per-pod/base-port", "30187")]),
+        )
+        .await
+        .unwrap();
+    let converged = fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
+    fx.controller.kill();
+    fx.controller = start_controller(
+        &fx.cluster,
+        &fx.namespace.name,
+        &fx.deployment,
+        "service-per-pod-0",
+    )
+    .await;
+    eventually("the new controller to lead", 15 * SECOND, || async {
+        (fx.controller.metric("service_per_pod_leader").await == 1.0).then_some(())
+    })
+    .await;
+    eventually("the new controller to reconcile", 10 * SECOND, || async {
+        (fx.controller.metric("service_per_pod_reconciles_total").await >= 1.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(
+        service_writes(&fx.controller).await,
+        0.0,
+        "a fresh controller finds everything in place"
+    );
+    assert_eq!(
+        resource_versions(&fx.service_map().await),
+        resource_versions(&converged)
+    );
+    fx.namespace.delete().await;
+}
