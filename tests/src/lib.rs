@@ -5,6 +5,7 @@
 //! Tests fail (never skip) when no cluster is reachable: a test that cannot fail proves nothing.
 
 pub mod bridge_stub;
+pub mod control_plane;
 pub mod daemon;
 pub mod manifests;
 pub mod promtool;

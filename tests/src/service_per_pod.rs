@@ -114,12 +114,23 @@ impl Fixture {
             .collect()
     }
 
-    /// Waits until the namespace's Services are exactly `names`.
+    /// The Services of the namespace, or `None` while the API server cannot answer.
+    pub async fn try_service_map(&self) -> Option<BTreeMap<String, Service>> {
+        let list = self.services().list(&ListParams::default()).await.ok()?;
+        Some(
+            list.items
+                .into_iter()
+                .map(|service| (service.name_any(), service))
+                .collect(),
+        )
+    }
+
+    /// Waits until the namespace's Services are exactly `names` (the API server may be briefly away).
     pub async fn wait_for_services(&self, names: &[&str], timeout: Duration) -> BTreeMap<String, Service> {
         let mut wanted: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         wanted.sort();
         eventually(&format!("Services exactly {wanted:?}"), timeout, || async {
-            let services = self.service_map().await;
+            let services = self.try_service_map().await?;
             (services.keys().cloned().collect::<Vec<_>>() == wanted).then_some(services)
         })
         .await
