@@ -25,3 +25,14 @@ pub fn check_metrics(text: &str) -> Result<(), String> {
         Err(said)
     }
 }
+
+/// Every sample of an exposition, `name{labels}` → value, as printed.
+pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}

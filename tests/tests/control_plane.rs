@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use integration_tests::service_per_pod::statefulset;
 use integration_tests::{Cluster, eventually};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
@@ -14,23 +15,6 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-
-fn statefulset(name: &str, replicas: i32) -> StatefulSet {
-    serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "podManagementPolicy": "Parallel",
-            "serviceName": name,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "main", "image": "registry.invalid/placeholder:1" }] }
-            }
-        }
-    }))
-    .expect("statefulset object")
-}
 
 fn is_running_and_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
@@ -95,7 +79,7 @@ async fn statefulset_pods_run_scale_down_and_are_garbage_collected() {
     let namespace = cluster.namespace("sts").await;
     let sets: Api<StatefulSet> = namespace.api();
     let pods: Api<Pod> = namespace.api();
-    sets.create(&PostParams::default(), &statefulset("web", 3))
+    sets.create(&PostParams::default(), &statefulset("web", 3, &[]))
         .await
         .unwrap();
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::bridge_stub::{BridgeStub, StubConfig};
 use integration_tests::daemon::Daemon;
-use integration_tests::promtool;
+use integration_tests::promtool::{self, samples};
 
 /// Starts the exporter in front of `url`, `extra` flags added.
 async fn exporter(url: &str, extra: &[&str]) -> Daemon {
@@ -33,17 +33,6 @@ async fn scrape(daemon: &Daemon) -> String {
         "{content_type}"
     );
     response.text().await.unwrap()
-}
-
-/// `name{labels}` → value, for every sample line.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 fn types(text: &str) -> BTreeMap<String, String> {

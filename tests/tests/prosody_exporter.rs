@@ -32,13 +32,7 @@ async fn scrape(daemon: &Daemon) -> BTreeMap<String, f64> {
     if let Err(problems) = promtool::check_metrics(&text) {
         panic!("promtool check metrics:\n{problems}\n--- output ---\n{text}");
     }
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+    promtool::samples(&text)
 }
 
 const CONNECTIONS: &str = "prosody_mod_c2s__connections{host=\"meet.test\",type=\"c2s\",ip_family=\"ipv4\"}";
