@@ -135,6 +135,54 @@ pub fn encode(families: &[Family], out: &mut String) {
     }
 }
 
+/// A gauge family of one unlabelled sample.
+pub fn gauge(name: &str, help: &str, value: f64) -> Family {
+    Family {
+        name: name.to_owned(),
+        help: help.to_owned(),
+        kind: Type::Gauge,
+        samples: vec![Sample::plain(value)],
+    }
+}
+
+/// `<name>{version="<version>"} 1`: which build serves these metrics.
+pub fn build_info(name: &str, version: &str) -> Family {
+    Family {
+        name: name.to_owned(),
+        help: "The exporter's version".to_owned(),
+        kind: Type::Gauge,
+        samples: vec![Sample::labelled("version", version, 1.0)],
+    }
+}
+
+/// A counter of failures with a sample for every `source` × `reason` pair — 0 until it happens, so
+/// `rate()` and alerts work from the first scrape. `count(source, reason)` gives each value.
+pub fn errors_by_source_and_reason(
+    name: &str,
+    help: &str,
+    sources: &[&'static str],
+    reasons: &[&'static str],
+    count: impl Fn(&'static str, &'static str) -> u64,
+) -> Family {
+    let samples = sources
+        .iter()
+        .flat_map(|source| reasons.iter().map(move |reason| (*source, *reason)))
+        .map(|(source, reason)| {
+            let labels = vec![
+                ("source".to_owned(), source.to_owned()),
+                ("reason".to_owned(), reason.to_owned()),
+            ];
+            Sample::with_labels(labels, count(source, reason) as f64)
+        })
+        .collect();
+    Family {
+        name: name.to_owned(),
+        help: help.to_owned(),
+        kind: Type::Counter,
+        samples,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +200,25 @@ mod tests {
         assert_eq!(
             out,
             "# HELP jitsi_version_info Version \\\\ of\\nthe bridge\n# TYPE jitsi_version_info gauge\njitsi_version_info{version=\"2.3 \\\"x\\\"\\n\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn error_counters_list_every_pair() {
+        let family = errors_by_source_and_reason(
+            "x_errors_total",
+            "h",
+            &["a", "b"],
+            &["timeout", "connect"],
+            |source, reason| u64::from(source == "b" && reason == "connect"),
+        );
+        let mut out = String::new();
+        encode(&[family], &mut out);
+        assert_eq!(
+            out,
+            "# HELP x_errors_total h\n# TYPE x_errors_total counter\n\
+             x_errors_total{source=\"a\",reason=\"timeout\"} 0\nx_errors_total{source=\"a\",reason=\"connect\"} 0\n\
+             x_errors_total{source=\"b\",reason=\"timeout\"} 0\nx_errors_total{source=\"b\",reason=\"connect\"} 1\n"
         );
     }
 

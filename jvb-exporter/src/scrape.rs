@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 use crate::cli::Source;
 use crate::convert::{NameCache, convert_cached};
-use crate::exposition::{Family, Sample, Type, encode, native_jvb_families};
+use crate::exposition::{
+    Family, Sample, Type, build_info, encode, errors_by_source_and_reason, gauge, native_jvb_families,
+};
 
 /// Why a fetch from the bridge failed: a bounded set, the label of `jitsi_exporter_scrape_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,7 +53,8 @@ impl Reason {
 
 #[derive(Debug, Default)]
 struct Counters {
-    scrape_errors: BTreeMap<(&'static str, Reason), u64>,
+    /// (source, reason) → failures.
+    scrape_errors: BTreeMap<(&'static str, &'static str), u64>,
     field_errors: BTreeMap<&'static str, u64>,
 }
 
@@ -224,7 +227,10 @@ impl Exporter {
     fn count_scrape_error(&self, source: &'static str, reason: Reason) {
         tracing::debug!(source, reason = reason.as_str(), "scrape of the bridge failed");
         if let Ok(mut counters) = self.counters.lock() {
-            *counters.scrape_errors.entry((source, reason)).or_insert(0) += 1;
+            *counters
+                .scrape_errors
+                .entry((source, reason.as_str()))
+                .or_insert(0) += 1;
         }
     }
 
@@ -251,45 +257,31 @@ impl Exporter {
         if self.source.native() {
             sources.push("native");
         }
-        let scrape_errors = sources
-            .iter()
-            .flat_map(|source| Reason::ALL.iter().map(move |reason| (*source, *reason)))
-            .map(|key| {
-                let labels = vec![
-                    ("source".to_owned(), key.0.to_owned()),
-                    ("reason".to_owned(), key.1.as_str().to_owned()),
-                ];
-                Sample::with_labels(
-                    labels,
-                    counters.scrape_errors.get(&key).copied().unwrap_or(0) as f64,
-                )
-            })
-            .collect();
         let mut families = vec![
-            Family {
-                name: "jitsi_up".to_owned(),
-                help: "1 if the last scrape of the bridge succeeded, 0 if not".to_owned(),
-                kind: Type::Gauge,
-                samples: vec![Sample::plain(if up { 1.0 } else { 0.0 })],
-            },
-            Family {
-                name: "jitsi_scrape_duration_seconds".to_owned(),
-                help: "How long the last scrape of the bridge took".to_owned(),
-                kind: Type::Gauge,
-                samples: vec![Sample::plain(duration)],
-            },
-            Family {
-                name: "jitsi_exporter_build_info".to_owned(),
-                help: "The exporter's version".to_owned(),
-                kind: Type::Gauge,
-                samples: vec![Sample::labelled("version", env!("CARGO_PKG_VERSION"), 1.0)],
-            },
-            Family {
-                name: "jitsi_exporter_scrape_errors_total".to_owned(),
-                help: "Failed fetches from the bridge, by source and reason".to_owned(),
-                kind: Type::Counter,
-                samples: scrape_errors,
-            },
+            gauge(
+                "jitsi_up",
+                "1 if the last scrape of the bridge succeeded, 0 if not",
+                if up { 1.0 } else { 0.0 },
+            ),
+            gauge(
+                "jitsi_scrape_duration_seconds",
+                "How long the last scrape of the bridge took",
+                duration,
+            ),
+            build_info("jitsi_exporter_build_info", env!("CARGO_PKG_VERSION")),
+            errors_by_source_and_reason(
+                "jitsi_exporter_scrape_errors_total",
+                "Failed fetches from the bridge, by source and reason",
+                &sources,
+                &Reason::ALL.map(Reason::as_str),
+                |source, reason| {
+                    counters
+                        .scrape_errors
+                        .get(&(source, reason))
+                        .copied()
+                        .unwrap_or(0)
+                },
+            ),
         ];
         if !counters.field_errors.is_empty() {
             families.push(Family {

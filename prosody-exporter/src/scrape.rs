@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use daemon_kit::exposition::{Family, Sample, Type, encode};
+use daemon_kit::exposition::{Family, Sample, Type, build_info, encode, errors_by_source_and_reason, gauge};
 
 use crate::census;
 use crate::openmetrics;
@@ -56,7 +56,8 @@ pub struct Exporter {
     client: reqwest::Client,
     metrics_url: String,
     census_url: Option<String>,
-    errors: Mutex<BTreeMap<(&'static str, Reason), u64>>,
+    /// (source, reason) → failures.
+    errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     skipped_lines: Mutex<u64>,
 }
 
@@ -165,65 +166,42 @@ impl Exporter {
     fn count(&self, source: &'static str, reason: Reason) {
         tracing::debug!(source, reason = reason.as_str(), "fetch from Prosody failed");
         if let Ok(mut errors) = self.errors.lock() {
-            *errors.entry((source, reason)).or_insert(0) += 1;
+            *errors.entry((source, reason.as_str())).or_insert(0) += 1;
         }
     }
 
     fn own_families(&self, prosody_up: bool, census_up: Option<bool>, duration: f64) -> Vec<Family> {
-        let up = |name: &str, help: &str, up: bool| Family {
-            name: name.to_owned(),
-            help: help.to_owned(),
-            kind: Type::Gauge,
-            samples: vec![Sample::plain(if up { 1.0 } else { 0.0 })],
-        };
+        let up = |value: bool| if value { 1.0 } else { 0.0 };
         let errors = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
         let mut sources = vec!["prosody"];
-        if census_up.is_some() {
-            sources.push("census");
-        }
-        let error_samples = sources
-            .iter()
-            .flat_map(|source| Reason::ALL.iter().map(move |reason| (*source, *reason)))
-            .map(|key| {
-                let labels = vec![
-                    ("source".to_owned(), key.0.to_owned()),
-                    ("reason".to_owned(), key.1.as_str().to_owned()),
-                ];
-                Sample::with_labels(labels, errors.get(&key).copied().unwrap_or(0) as f64)
-            })
-            .collect();
-        let skipped = self.skipped_lines.lock().map(|s| *s).unwrap_or(0);
-        let mut families = vec![up(
+        let mut families = vec![gauge(
             "prosody_up",
             "1 if Prosody's /metrics answered at the last scrape",
-            prosody_up,
+            up(prosody_up),
         )];
         if let Some(census_up) = census_up {
-            families.push(up(
+            sources.push("census");
+            families.push(gauge(
                 "jitsi_prosody_census_up",
                 "1 if the room census answered at the last scrape",
-                census_up,
+                up(census_up),
             ));
         }
+        let skipped = self.skipped_lines.lock().map(|s| *s).unwrap_or(0);
         families.extend([
-            Family {
-                name: "prosody_exporter_scrape_duration_seconds".to_owned(),
-                help: "How long the last scrape of Prosody took".to_owned(),
-                kind: Type::Gauge,
-                samples: vec![Sample::plain(duration)],
-            },
-            Family {
-                name: "prosody_exporter_build_info".to_owned(),
-                help: "The exporter's version".to_owned(),
-                kind: Type::Gauge,
-                samples: vec![Sample::labelled("version", env!("CARGO_PKG_VERSION"), 1.0)],
-            },
-            Family {
-                name: "prosody_exporter_scrape_errors_total".to_owned(),
-                help: "Failed fetches from Prosody, by source and reason".to_owned(),
-                kind: Type::Counter,
-                samples: error_samples,
-            },
+            gauge(
+                "prosody_exporter_scrape_duration_seconds",
+                "How long the last scrape of Prosody took",
+                duration,
+            ),
+            build_info("prosody_exporter_build_info", env!("CARGO_PKG_VERSION")),
+            errors_by_source_and_reason(
+                "prosody_exporter_scrape_errors_total",
+                "Failed fetches from Prosody, by source and reason",
+                &sources,
+                &Reason::ALL.map(Reason::as_str),
+                |source, reason| errors.get(&(source, reason)).copied().unwrap_or(0),
+            ),
             Family {
                 name: "prosody_exporter_skipped_lines_total".to_owned(),
                 help: "Lines of Prosody's metrics that did not parse and were left out".to_owned(),
