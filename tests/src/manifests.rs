@@ -47,6 +47,46 @@ pub fn render(namespace: &str, resources: &[&str], components: &[&str]) -> Vec<V
     objects
 }
 
+/// Renders an overlay (a path relative to the repository root) as users do, with its namespace replaced
+/// by `namespace` so tests do not collide.
+pub fn render_overlay(namespace: &str, overlay: &str, components: &[&str]) -> Vec<Value> {
+    render(namespace, &[overlay], components)
+}
+
+/// The objects of `kind` in a rendering.
+pub fn of_kind<'a>(objects: &'a [Value], wanted: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    objects.iter().filter(move |o| kind(o) == wanted)
+}
+
+/// The object of `kind` named `name`; panics when it is missing.
+pub fn named<'a>(objects: &'a [Value], wanted: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| kind(o) == wanted && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the rendering has no {wanted} {name}"))
+}
+
+/// Runs kubectl with `stdin` and returns whether it succeeded, its stdout and its stderr (where kubectl
+/// prints the API server's warnings).
+pub fn kubectl(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting kubectl");
+    if let Some(mut pipe) = child.stdin.take() {
+        std::io::Write::write_all(&mut pipe, stdin.as_bytes()).expect("writing to kubectl");
+    }
+    let output = child.wait_with_output().expect("waiting for kubectl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Applies objects (server-side, as the admin) and returns nothing; panics with kubectl's words on failure.
 pub fn apply(objects: &[Value]) {
     let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects });

@@ -7,10 +7,12 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 
 /// Command the tests run → the Debian package that ships it.
-const TEST_PROGRAMS: [(&str, &str); 3] = [
+const TEST_PROGRAMS: [(&str, &str); 4] = [
     ("promtool", "prometheus"),
     ("haproxy", "haproxy"),
     ("prosody", "prosody"),
+    // The DNS server that answers the SRV records HAProxy discovers shards through.
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// What `cargo xtask test` needs.

@@ -1,0 +1,57 @@
+#!/bin/sh
+# Starts HAProxy with a peers section for HAPROXY_REPLICAS replicas, so the stick table is shared by
+# however many replicas run (not a hard-wired pair).
+#
+# HAProxy resolves peer addresses once, at start, and refuses to start when one does not resolve. With
+# publishNotReadyAddresses on the peers Service a pod's DNS name exists as soon as the pod has an IP,
+# so this waits (HAPROXY_PEER_WAIT_SECONDS, default 300) until every peer's name resolves.
+#   HAPROXY_REPLICAS      number of replicas (the StatefulSet's spec.replicas)
+#   HAPROXY_PEER_ADDRESS  address of a peer: {name} is its pod name, {ordinal} its ordinal
+#   HAPROXY_LOCAL_PEER    this replica's name (default: the pod's hostname)
+#   HAPROXY_RUNTIME_DIR   where the peers section is written (default /tmp)
+set -eu
+
+fail() {
+  echo "start.sh: $*" >&2
+  exit 2
+}
+
+config_dir=$(dirname "$0")
+replicas=${HAPROXY_REPLICAS:-}
+case "$replicas" in
+  '' | *[!0-9]*) fail "HAPROXY_REPLICAS must be the number of replicas, got '$replicas'" ;;
+esac
+[ "$replicas" -ge 1 ] || fail "HAPROXY_REPLICAS must be at least 1"
+address_template=${HAPROXY_PEER_ADDRESS:-}
+[ -n "$address_template" ] || fail "HAPROXY_PEER_ADDRESS must be set, e.g. {name}.haproxy-peers.jitsi.svc.cluster.local:1024"
+local_peer=${HAPROXY_LOCAL_PEER:-${HOSTNAME:-$(hostname)}}
+prefix=${local_peer%-*}
+[ "$prefix" != "$local_peer" ] || fail "this replica's name '$local_peer' has no ordinal"
+runtime_dir=${HAPROXY_RUNTIME_DIR:-/tmp}
+wait_seconds=${HAPROXY_PEER_WAIT_SECONDS:-300}
+
+peers_file="$runtime_dir/peers.cfg"
+echo "peers jitsi" >"$peers_file.new"
+ordinal=0
+while [ "$ordinal" -lt "$replicas" ]; do
+  name="$prefix-$ordinal"
+  address=$(printf '%s\n' "$address_template" | sed "s/{name}/$name/g; s/{ordinal}/$ordinal/g")
+  host=${address%:*}
+  case "$host" in
+    *:*) needs_lookup=false ;;      # an IPv6 address
+    *[!0-9.]*) needs_lookup=true ;; # a name
+    *) needs_lookup=false ;;        # an IPv4 address
+  esac
+  waited=0
+  while $needs_lookup && ! getent hosts "$host" >/dev/null; do
+    [ "$waited" -lt "$wait_seconds" ] || fail "peer $name ($host) did not resolve within ${wait_seconds}s"
+    [ "$waited" -gt 0 ] || echo "start.sh: waiting for peer $name ($host) to resolve" >&2
+    sleep 1
+    waited=$((waited + 1))
+  done
+  echo "  peer $name $address" >>"$peers_file.new"
+  ordinal=$((ordinal + 1))
+done
+mv "$peers_file.new" "$peers_file"
+
+exec haproxy -W -db -L "$local_peer" -f "$config_dir/haproxy.cfg" -f "$peers_file"
