@@ -7,7 +7,9 @@
 pub mod bridge_stub;
 pub mod control_plane;
 pub mod daemon;
+pub mod haproxy;
 pub mod manifests;
+pub mod promql;
 pub mod promtool;
 pub mod prosody;
 pub mod service_per_pod;
