@@ -23,6 +23,16 @@ pub enum Category {
 }
 
 impl Category {
+    pub const ALL: [Category; 7] = [
+        Category::Api,
+        Category::InvalidAnnotation,
+        Category::PortOutOfRange,
+        Category::PortConflict,
+        Category::InvalidServiceName,
+        Category::ForeignService,
+        Category::NodePortRefused,
+    ];
+
     /// From the CamelCase reasons used in Events.
     pub fn from_reason(reason: &str) -> Self {
         match reason {
@@ -115,6 +125,14 @@ impl Metrics {
             "Service writes sent to the API server",
             metrics.writes.clone(),
         );
+        // Every series exists from the start at 0: a dashboard shows 0 rather than "no data", and
+        // rate() sees the first error as an increase.
+        for category in Category::ALL {
+            let _ = metrics.errors.get_or_create(&ErrorLabels { category });
+        }
+        for verb in [Verb::Apply, Verb::Delete] {
+            let _ = metrics.writes.get_or_create(&WriteLabels { verb });
+        }
         metrics
     }
 
