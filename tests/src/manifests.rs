@@ -17,7 +17,12 @@ pub fn repo_root() -> PathBuf {
 /// Renders a kustomization made on the fly — `namespace`, plus `resources` and `components` given
 /// relative to the repository root — and returns its objects as JSON.
 pub fn render(namespace: &str, resources: &[&str], components: &[&str]) -> Vec<Value> {
-    let dir = repo_root().join("target/kustomize-tests").join(namespace);
+    // One folder per call: tests render in parallel, often for the same namespace.
+    static RENDERINGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = RENDERINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = repo_root()
+        .join("target/kustomize-tests")
+        .join(format!("{namespace}-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("creating a kustomization folder");
     let relative = |path: &&str| format!("../../../{path}");
     let kustomization = serde_json::json!({
@@ -30,6 +35,7 @@ pub fn render(namespace: &str, resources: &[&str], components: &[&str]) -> Vec<V
     // JSON is YAML, so kustomize reads it as it is.
     std::fs::write(dir.join("kustomization.yaml"), kustomization.to_string()).expect("writing kustomization");
     let yaml = run("kubectl", &["kustomize", &dir.to_string_lossy()], None);
+    let _ = std::fs::remove_dir_all(&dir);
     let list = run(
         "kubectl",
         &["create", "--dry-run=client", "--output=json", "--filename=-"],

@@ -444,3 +444,35 @@ async fn the_dev_overlay_runs_and_its_bridges_get_their_node_ports() {
     assert!(services.get_opt("shard-0-jvb-0").await.unwrap().is_some());
     namespace.delete().await;
 }
+
+#[test]
+fn advertising_from_the_node_turns_on_the_token_the_flag_and_the_node_reader_binding() {
+    let objects = manifests::render(
+        "render-only",
+        &["manifests/base/shard"],
+        &["manifests/components/jvb-advertise-from-node"],
+    );
+    let bridges = named(&objects, "StatefulSet", "jvb");
+    assert_eq!(pod_spec(bridges)["automountServiceAccountToken"], true);
+    assert_eq!(pod_spec(bridges)["serviceAccountName"], "jvb");
+    assert_eq!(
+        env(container(bridges, "jvb"), "JVB_ADVERTISE_FROM_NODE").unwrap()["value"],
+        "true"
+    );
+    let binding = named(&objects, "ClusterRoleBinding", "jvb-node-reader");
+    assert_eq!(
+        binding["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "jvb", "namespace": "render-only" }])
+    );
+    // Without the component the bridges hold no token at all.
+    let plain = manifests::render("render-only", &["manifests/base/shard"], &[]);
+    let account = named(&plain, "ServiceAccount", "jvb");
+    assert_eq!(account["automountServiceAccountToken"], false);
+    assert!(
+        env(
+            container(named(&plain, "StatefulSet", "jvb"), "jvb"),
+            "JVB_ADVERTISE_FROM_NODE"
+        )
+        .is_none()
+    );
+}
