@@ -34,8 +34,14 @@ pub fn render(namespace: &str, resources: &[&str], components: &[&str]) -> Vec<V
     });
     // JSON is YAML, so kustomize reads it as it is.
     std::fs::write(dir.join("kustomization.yaml"), kustomization.to_string()).expect("writing kustomization");
-    let yaml = run("kubectl", &["kustomize", &dir.to_string_lossy()], None);
+    let objects = render_dir(&dir);
     let _ = std::fs::remove_dir_all(&dir);
+    objects
+}
+
+/// Renders the kustomization in `dir` and returns its objects as JSON.
+pub fn render_dir(dir: &Path) -> Vec<Value> {
+    let yaml = run("kubectl", &["kustomize", &dir.to_string_lossy()], None);
     let list = run(
         "kubectl",
         &["create", "--dry-run=client", "--output=json", "--filename=-"],

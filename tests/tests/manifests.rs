@@ -476,3 +476,59 @@ fn advertising_from_the_node_turns_on_the_token_the_flag_and_the_node_reader_bin
         .is_none()
     );
 }
+
+/// docs/deploying.md's procedure, followed literally on a copy of `manifests/`.
+#[test]
+fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
+    let copy = manifests::repo_root().join(format!("target/shard-procedure-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).unwrap();
+    let status = std::process::Command::new("cp")
+        .args(["-r", "manifests"])
+        .arg(&copy)
+        .current_dir(manifests::repo_root())
+        .status();
+    assert!(status.unwrap().success());
+    let production = copy.join("manifests/overlays/production");
+    // 1. copy the folder; 2. change its name, base port and zone; 3. list it.
+    let shard_1 = std::fs::read_to_string(production.join("shard-1/kustomization.yaml")).unwrap();
+    assert_eq!(shard_1.matches("shard-1").count(), 2, "the docs say two places");
+    let shard_2 = shard_1
+        .replace("shard-1", "shard-2")
+        .replace("\"30400\"", "\"30500\"")
+        .replace("zone-b", "zone-c");
+    std::fs::create_dir_all(production.join("shard-2")).unwrap();
+    std::fs::write(production.join("shard-2/kustomization.yaml"), shard_2).unwrap();
+    let parent = std::fs::read_to_string(production.join("kustomization.yaml")).unwrap();
+    assert!(parent.contains("  - shard-1\n"));
+    std::fs::write(
+        production.join("kustomization.yaml"),
+        parent.replace("  - shard-1\n", "  - shard-1\n  - shard-2\n"),
+    )
+    .unwrap();
+
+    let objects = manifests::render_dir(&production);
+    let bridges = named(&objects, "StatefulSet", "shard-2-jvb");
+    assert_eq!(bridges["metadata"]["annotations"][BASE_PORT], "30500");
+    assert_eq!(
+        bridges["spec"]["template"]["metadata"]["labels"][SHARD_LABEL],
+        "shard-2"
+    );
+    assert_eq!(
+        pod_spec(bridges)["nodeSelector"]["topology.kubernetes.io/zone"],
+        "zone-c"
+    );
+    let prosody = named(&objects, "Service", "shard-2-prosody");
+    assert_eq!(prosody["spec"]["selector"][SHARD_LABEL], "shard-2");
+    named(&objects, "Deployment", "shard-2-web");
+    named(&objects, "Deployment", "shard-2-jicofo");
+    let hpa = named(&objects, "HorizontalPodAutoscaler", "shard-2-jvb");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "shard-2-jvb");
+    assert_eq!(
+        of_kind(&objects, "StatefulSet")
+            .filter(|s| name(s).ends_with("-jvb"))
+            .count(),
+        3
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
+}
