@@ -13,7 +13,7 @@ use integration_tests::service_per_pod::start_controller;
 use integration_tests::{Cluster, eventually};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
@@ -390,7 +390,7 @@ async fn the_dev_overlay_runs_and_its_bridges_get_their_node_ports() {
 
     // The controller as its manifest runs it: its ServiceAccount and Role from the overlay, its flags.
     let deployment = named(&objects, "Deployment", "service-per-pod");
-    let _controller = start_controller(&cluster, &namespace.name, deployment, "service-per-pod-local").await;
+    let controller = start_controller(&cluster, &namespace.name, deployment, "service-per-pod-local").await;
 
     let services: Api<Service> = namespace.api();
     let expect_service = |name: &'static str, port: i32| {
@@ -442,6 +442,12 @@ async fn the_dev_overlay_runs_and_its_bridges_get_their_node_ports() {
     )
     .await;
     assert!(services.get_opt("shard-0-jvb-0").await.unwrap().is_some());
+    // Free the node ports now (the demo uses the same block), not whenever the namespace goes.
+    drop(controller);
+    services
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
     namespace.delete().await;
 }
 

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cluster;
+mod demo;
 mod gobuild;
 mod packages;
 mod paths;
@@ -16,7 +17,7 @@ mod test;
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Developer commands: local control plane, tests"
+    about = "Developer commands: demo, local control plane, tests, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +33,9 @@ enum Command {
     },
     /// THE test command: packages, fmt, clippy, unit tests, the local cluster, integration tests.
     Test(test::Args),
+    /// THE main job: a sharded Jitsi simulated on this machine (manifests/overlays/dev on the local
+    /// control plane), bridges scaled 1 → 3 → 1 with a live table. Ctrl-C tears it all down.
+    Demo(demo::Args),
     /// Benchmarks that print a table and write it to bench/results/.
     Bench {
         #[command(subcommand)]
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cluster { action } => cluster::run(&paths, action),
         Command::Test(args) => test::run(&paths, &args),
+        Command::Demo(args) => demo::run(&paths, &args),
         Command::Bench { bench } => bench::run(&paths, bench),
     };
     match result {

@@ -1,0 +1,85 @@
+//! `cargo xtask demo`: builds everything, starts the local control plane, and runs the demo scenario
+//! (`tests/src/bin/demo.rs`): `manifests/overlays/dev` applied server-side, the bridges scaled 1 → 3 → 1 with
+//! a live table. Ctrl-C tears everything down, the cluster included when this command started it.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::paths::Paths;
+use crate::{cluster, packages};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run the scenario once and exit: 0 when every step held (the test suite runs this).
+    #[arg(long)]
+    once: bool,
+    /// Leave the local cluster running afterwards, when this command started it.
+    #[arg(long)]
+    keep_cluster: bool,
+}
+
+pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
+    println!("==> packages: haproxy, prosody, dnsmasq (Debian)");
+    packages::ensure_commands(&[
+        ("haproxy", "haproxy"),
+        ("prosody", "prosody"),
+        ("dnsmasq", "dnsmasq-base"),
+    ])?;
+    println!("==> local control plane (built from the Go module proxy the first time: a few minutes)");
+    let started_cluster = cluster::up(paths)?;
+    println!("==> building the daemons and the demo (cargo; minutes when cold)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let built = Command::new(&cargo)
+        .current_dir(&paths.repo)
+        .args(["build", "--workspace", "--bins", "--locked"])
+        .status()
+        .context("running cargo build")?;
+    let outcome = if built.success() {
+        run_scenario(paths, args.once)
+    } else {
+        Ok(false)
+    };
+    if started_cluster && !args.keep_cluster {
+        println!("==> stopping the local control plane");
+        cluster::down(paths)?;
+    }
+    Ok(if outcome? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the demo binary. Ctrl-C reaches it too (same terminal process group); this process only waits
+/// for it to finish tearing down, so the cluster can be stopped afterwards.
+fn run_scenario(paths: &Paths, once: bool) -> Result<bool> {
+    let mut command = Command::new(paths.repo.join("target/debug/demo"));
+    command.env("KUBECONFIG", paths.kubeconfig());
+    if once {
+        command.arg("--once");
+    }
+    let mut child = command.spawn().context("starting the demo")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime to wait for Ctrl-C")?;
+    let status = runtime.block_on(async {
+        // From the first poll on, SIGINT no longer kills this process: it waits for the demo instead.
+        let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+        let mut waiting = tokio::task::spawn_blocking(move || child.wait());
+        loop {
+            tokio::select! {
+                status = &mut waiting => break status,
+                _ = &mut interrupted => {
+                    println!("==> waiting for the demo to tear down");
+                    interrupted.set(tokio::signal::ctrl_c());
+                }
+            }
+        }
+    });
+    let status = status
+        .context("waiting for the demo")?
+        .context("waiting for the demo")?;
+    Ok(status.success())
+}
