@@ -82,6 +82,7 @@ async fn rooms_stick_to_one_shard_through_every_replica() {
     for shard in shard_of.values() {
         *per_shard.entry(shard).or_default() += 1;
     }
+    println!("new rooms per shard: {per_shard:?}");
     assert_eq!(per_shard.len(), 3, "{per_shard:?}");
     for (shard, rooms) in &per_shard {
         assert!(
@@ -121,6 +122,10 @@ async fn rooms_stick_to_one_shard_through_every_replica() {
         for _ in 0..300 {
             *counts.entry(get(&client, replica, "/").await).or_default() += 1;
         }
+        println!(
+            "requests without a room per shard, through {}: {counts:?}",
+            replica.http
+        );
         assert_eq!(counts.len(), 3, "{counts:?}");
         assert!(
             counts.values().all(|n| (80..=120).contains(n)),
@@ -137,6 +142,7 @@ async fn rooms_stick_to_one_shard_through_every_replica() {
         let shard = get(&client, replica, &format!("/xmpp-websocket?room=room-{room}")).await;
         *counts.entry(shard).or_default() += 1;
     }
+    println!("new rooms after shard-2 left DNS: {counts:?}");
     assert_eq!(
         counts.keys().collect::<Vec<_>>(),
         ["shard-0", "shard-1"],
