@@ -1,6 +1,7 @@
 //! `--log-level` and `--log-format`, and the tracing subscriber they configure.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -35,17 +36,22 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
-/// Installs the global tracing subscriber. Call once, first thing in `main`.
+/// Installs the global tracing subscriber, writing to stderr. Call once, first thing in `main`.
 pub fn init(args: &LogArgs) -> Result<(), TelemetryError> {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    init_with_writer(args, BoxMakeWriter::new(std::io::stderr), ansi)
+}
+
+/// As [`init`], writing to `writer` (colours only when `ansi`).
+pub fn init_with_writer(args: &LogArgs, writer: BoxMakeWriter, ansi: bool) -> Result<(), TelemetryError> {
     let filter = EnvFilter::try_new(&args.log_level).map_err(|source| TelemetryError::InvalidFilter {
         directive: args.log_level.clone(),
         source,
     })?;
     // Colours only for a person at a terminal: in a pod's log they would be noise.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     let installed = match args.log_format {
         LogFormat::Plain => builder.try_init(),

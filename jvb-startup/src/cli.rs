@@ -106,6 +106,11 @@ pub struct DrainArgs {
     /// Timeout of each HTTP request to the bridge.
     #[arg(long, env = "DRAIN_REQUEST_TIMEOUT", default_value = "5s", value_parser = daemon_kit::flags::parse_duration)]
     pub request_timeout: Duration,
+
+    /// Also write the progress to this file. The kubelet keeps nothing a preStop hook prints, so the
+    /// manifests set /proc/1/fd/1 — the container's own log (`kubectl logs`).
+    #[arg(long, env = "DRAIN_LOG_TO")]
+    pub log_to: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

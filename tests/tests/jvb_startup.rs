@@ -376,6 +376,52 @@ async fn drain_waits_through_the_real_shutdown_states() {
     );
 }
 
+/// The kubelet keeps nothing a preStop hook prints; the manifests point the hook at /proc/1/fd/1, the
+/// container's log. Here a process stands in for PID 1, its stdout a file as the container log would be.
+#[tokio::test]
+async fn drain_progress_reaches_the_container_log_through_the_main_process_stdout() {
+    let bridge = BridgeStub::start(StubConfig {
+        participants: Some(3),
+        ..StubConfig::default()
+    })
+    .await;
+    let log = std::env::temp_dir().join(format!("jvb-container-log-{}", std::process::id()));
+    let mut main_process = Command::new("sleep")
+        .arg("60")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let target = format!("/proc/{}/fd/1", main_process.id());
+    let output = finish(drain(&bridge.url(), &["--timeout", "30s", "--log-to", &target])).await;
+    main_process.kill().unwrap();
+    main_process.wait().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let container_log = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert!(
+        container_log.contains("graceful shutdown requested"),
+        "{container_log}"
+    );
+    assert!(container_log.contains("no participants left"), "{container_log}");
+
+    // A target that cannot be opened: stderr, with the reason first.
+    let output = finish(drain(
+        &bridge.url(),
+        &["--timeout", "5s", "--log-to", "/proc/0/fd/1"],
+    ))
+    .await;
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("cannot write to /proc/0/fd/1"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn drain_ends_when_the_bridge_exits_by_itself() {
     // Polling slower than the bridge takes to empty and exit: the next poll finds the port closed.

@@ -8,6 +8,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod gobuild;
+mod images;
 mod packages;
 mod paths;
 mod pki;
@@ -36,6 +37,8 @@ enum Command {
     /// THE main job: a sharded Jitsi simulated on this machine (manifests/overlays/dev on the local
     /// control plane), bridges scaled 1 → 3 → 1 with a live table. Ctrl-C tears it all down.
     Demo(demo::Args),
+    /// Builds the daemons' container images (needs a Docker engine; says so when there is none).
+    Images(images::Args),
     /// Benchmarks that print a table and write it to bench/results/.
     Bench {
         #[command(subcommand)]
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Cluster { action } => cluster::run(&paths, action),
         Command::Test(args) => test::run(&paths, &args),
         Command::Demo(args) => demo::run(&paths, &args),
+        Command::Images(args) => images::run(&paths, &args),
         Command::Bench { bench } => bench::run(&paths, bench),
     };
     match result {
