@@ -3,6 +3,7 @@
 //! clients (slixmpp, from PyPI) that join its rooms.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
@@ -136,6 +137,8 @@ Component "{MUC}" "muc"
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
+            // Its own process group: a Ctrl-C at the terminal (the demo) is for us to handle; drop stops it.
+            .process_group(0)
             .spawn()
             .expect("starting prosody (Debian package prosody; cargo xtask test installs it)");
         let mut prosody = Self {
@@ -255,6 +258,7 @@ impl Occupants {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .spawn()
             .expect("starting the XMPP clients");
         let stdin = child.stdin.take().expect("stdin");

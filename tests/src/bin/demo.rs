@@ -52,7 +52,9 @@ async fn main() -> ExitCode {
         outcome = scenario(&cluster, once) => outcome,
         _ = tokio::signal::ctrl_c() => {
             println!("\nCtrl-C: tearing everything down");
-            Ok(())
+            delete_namespace(&cluster).await;
+            println!("demo: stopped; every process it started is gone and namespace {NAMESPACE} deleted");
+            return ExitCode::SUCCESS;
         }
     };
     // Everything the scenario started (processes, stubs) was dropped with it; now the cluster side.
@@ -125,7 +127,7 @@ async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
     );
 
     let bridges: Bridges = Arc::default();
-    let follower = tokio::spawn(follow_bridges(pods.clone(), bridges.clone()));
+    let _follower = AbortOnDrop(tokio::spawn(follow_bridges(pods.clone(), bridges.clone())));
 
     step("Prosody (real) with the room census, prosody-exporter (real), two people in a room");
     let prosody = Prosody::start(ProsodyOptions::default());
@@ -161,23 +163,39 @@ async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
     for replicas in [1, 3, 1] {
         scale(cluster, replicas).await?;
         converge(&pods, &services, &bridges, replicas as usize).await?;
-        print_table(&pods, &services, &bridges).await;
+        println!("{}", table(&pods, &services, &bridges).await);
     }
 
     println!("\n{}", look_around(&controller, &prosody_exporter, &haproxy));
     if !once {
+        // At a terminal the screen is redrawn; in a log, a table is printed only when it changed.
         let live = std::io::stdout().is_terminal();
+        let mut shown = String::new();
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = table(&pods, &services, &bridges).await;
             if live {
                 print!("\x1b[2J\x1b[H");
-                println!("{}", look_around(&controller, &prosody_exporter, &haproxy));
+                println!(
+                    "{}\n\n{now}",
+                    look_around(&controller, &prosody_exporter, &haproxy)
+                );
+            } else if now != shown {
+                println!("{now}");
             }
-            print_table(&pods, &services, &bridges).await;
+            shown = now;
         }
     }
-    follower.abort();
     Ok(())
+}
+
+/// Stops the bridge follower when the scenario ends or is dropped (Ctrl-C), so it starts nothing more.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn step(what: &str) {
@@ -323,7 +341,7 @@ async fn converge(
     .await
 }
 
-async fn print_table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) {
+async fn table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> String {
     let pods = pods
         .list(&ListParams::default())
         .await
@@ -335,7 +353,7 @@ async fn print_table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges
         .map(|l| l.items)
         .unwrap_or_default();
     let bridges = bridges.lock().await;
-    println!(
+    let mut table = format!(
         "  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
         "POD", "PHASE", "SERVICE", "NODEPORT", "EXPORTER", "PARTICIPANTS"
     );
@@ -384,16 +402,17 @@ async fn print_table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges
             }
             None => ("-", "-".to_owned()),
         };
-        println!(
-            "  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
+        table.push_str(&format!(
+            "\n  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
             name,
             phase,
             service.map_or("-".to_owned(), ResourceExt::name_any),
             node_port,
             up,
             participants
-        );
+        ));
     }
+    table
 }
 
 fn look_around(controller: &Daemon, prosody_exporter: &Daemon, haproxy: &Replica) -> String {
