@@ -1,6 +1,7 @@
-//! RBAC proof on the real API server: for each ServiceAccount our manifests create, what
-//! `kubectl auth can-i --list` reports equals the rules the manifests document — any extra verb fails.
-//! (Only the self-review rights every authenticated user has are set aside.)
+//! RBAC proof on the real API server: for each ServiceAccount our manifests create or bind, what
+//! `kubectl auth can-i --list` reports equals the table in SECURITY.md ("What each ServiceAccount may do")
+//! and the rules in `manifests/` — any extra verb on either side fails. (Only the self-review rights every
+//! authenticated user has are set aside.)
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -88,25 +89,74 @@ fn role<'a>(objects: &'a [Value], kind_name: &str, name: &str) -> &'a Value {
         .unwrap()
 }
 
+const SPP_NAMESPACED: &str = "service-per-pod (components/service-per-pod-namespaced, as in overlays/dev)";
+const SPP_CLUSTER: &str = "service-per-pod (base, cluster-wide, as in overlays/production)";
+const JVB: &str = "jvb (base/shard: `<shard>-jvb`, token not even mounted)";
+const JVB_NODE_READER: &str = "jvb with components/jvb-advertise-from-node";
+const PROMETHEUS: &str = "prometheus-k8s of namespace monitoring (base/monitoring)";
+const HOME: &str = "the Jitsi namespace";
+const ELSEWHERE: &str = "elsewhere";
+
+/// SECURITY.md's table: (ServiceAccount variant, where) → rights.
+fn documented_in_security_md() -> BTreeMap<(String, String), Rights> {
+    let text = std::fs::read_to_string(manifests::repo_root().join("SECURITY.md")).unwrap();
+    let section = text
+        .split("## What each ServiceAccount may do")
+        .nth(1)
+        .expect("SECURITY.md documents the ServiceAccounts' rights")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut table: BTreeMap<(String, String), Rights> = BTreeMap::new();
+    for row in section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| ServiceAccount"))
+    {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let [account, place, resource, verbs] = cells[..] else {
+            panic!("a row of four cells: {row}");
+        };
+        let rights = table.entry((account.to_owned(), place.to_owned())).or_default();
+        if resource != "—" {
+            rights
+                .entry(resource.to_owned())
+                .or_default()
+                .extend(verbs.split_whitespace().map(str::to_owned));
+        }
+    }
+    table
+}
+
+fn expected(account: &str, place: &str) -> Rights {
+    documented_in_security_md()
+        .remove(&(account.to_owned(), place.to_owned()))
+        .unwrap_or_else(|| panic!("SECURITY.md has no rows for {account} / {place}"))
+}
+
 #[tokio::test]
 async fn service_per_pod_namespaced_has_exactly_its_documented_rights() {
     let cluster = Cluster::connect().await;
     let namespace = cluster.namespace("rbac-spp").await;
     install_rbac(&namespace.name, Scope::Namespace);
     let objects = manifests::render(&namespace.name, &[BASE], &[NAMESPACED]);
-    let expected = documented(&[
+    let in_manifests = documented(&[
         role(&objects, "Role", "service-per-pod"),
         role(&objects, "Role", "service-per-pod-leader-election"),
     ]);
     assert_eq!(
+        in_manifests,
+        expected(SPP_NAMESPACED, HOME),
+        "manifests vs SECURITY.md"
+    );
+    assert_eq!(
         can_i(&namespace.name, &namespace.name, "service-per-pod"),
-        expected
+        expected(SPP_NAMESPACED, HOME)
     );
     // And nothing at all in another namespace.
     let elsewhere = cluster.namespace("rbac-spp-other").await;
     assert_eq!(
         can_i(&elsewhere.name, &namespace.name, "service-per-pod"),
-        Rights::new(),
+        expected(SPP_NAMESPACED, ELSEWHERE),
         "a namespaced controller reaches nowhere else"
     );
     elsewhere.delete().await;
@@ -122,13 +172,23 @@ async fn service_per_pod_cluster_wide_has_exactly_its_documented_rights() {
     let cluster_role = role(&objects, "ClusterRole", "service-per-pod");
     let lease_role = role(&objects, "Role", "service-per-pod-leader-election");
     assert_eq!(
+        documented(&[cluster_role, lease_role]),
+        expected(SPP_CLUSTER, HOME),
+        "manifests vs SECURITY.md"
+    );
+    assert_eq!(
+        documented(&[cluster_role]),
+        expected(SPP_CLUSTER, ELSEWHERE),
+        "manifests vs SECURITY.md"
+    );
+    assert_eq!(
         can_i(&namespace.name, &namespace.name, "service-per-pod"),
-        documented(&[cluster_role, lease_role])
+        expected(SPP_CLUSTER, HOME)
     );
     let elsewhere = cluster.namespace("rbac-spp-cluster-other").await;
     assert_eq!(
         can_i(&elsewhere.name, &namespace.name, "service-per-pod"),
-        documented(&[cluster_role]),
+        expected(SPP_CLUSTER, ELSEWHERE),
         "leases only at home"
     );
     elsewhere.delete().await;
@@ -156,17 +216,96 @@ async fn the_jvb_may_only_read_nodes() {
         object["subjects"][0]["namespace"] = json!(namespace.name);
     }
     manifests::apply(&objects);
-    let expected = documented(&[role(&objects, "ClusterRole", "jvb-node-reader")]);
     assert_eq!(
-        expected,
-        Rights::from([("nodes".to_owned(), BTreeSet::from(["get".to_owned()]))])
+        documented(&[role(&objects, "ClusterRole", "jvb-node-reader")]),
+        expected(JVB_NODE_READER, HOME),
+        "manifests vs SECURITY.md"
     );
-    assert_eq!(can_i(&namespace.name, &namespace.name, "jvb"), expected);
+    assert_eq!(
+        can_i(&namespace.name, &namespace.name, "jvb"),
+        expected(JVB_NODE_READER, HOME)
+    );
     let elsewhere = cluster.namespace("rbac-jvb-other").await;
     assert_eq!(
         can_i(&elsewhere.name, &namespace.name, "jvb"),
-        expected,
+        expected(JVB_NODE_READER, ELSEWHERE),
         "Nodes are cluster-wide: the same anywhere"
+    );
+    elsewhere.delete().await;
+    namespace.delete().await;
+}
+
+/// Every ServiceAccount the dev overlay creates or binds, found in the rendering itself — so a new one
+/// cannot slip in undocumented.
+#[tokio::test]
+async fn every_service_account_of_the_dev_overlay_has_exactly_its_documented_rights() {
+    let cluster = Cluster::connect().await;
+    let namespace = cluster.namespace("rbac-dev-overlay").await;
+    let objects = manifests::render_overlay(&namespace.name, "manifests/overlays/dev", &[]);
+    let rbac: Vec<Value> = objects
+        .iter()
+        .filter(|o| {
+            matches!(
+                kind(o),
+                "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+            )
+        })
+        .cloned()
+        .collect();
+    manifests::apply(&rbac);
+
+    let mut accounts: BTreeSet<(String, String)> = objects
+        .iter()
+        .filter(|o| kind(o) == "ServiceAccount")
+        .map(|o| {
+            (
+                namespace.name.clone(),
+                o["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for binding in objects
+        .iter()
+        .filter(|o| matches!(kind(o), "RoleBinding" | "ClusterRoleBinding"))
+    {
+        for subject in binding["subjects"].as_array().unwrap() {
+            assert_eq!(
+                subject["kind"], "ServiceAccount",
+                "bindings name ServiceAccounts only"
+            );
+            accounts.insert((
+                subject["namespace"].as_str().unwrap().to_owned(),
+                subject["name"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let variant = |home: &str, name: &str| -> &'static str {
+        match (home == namespace.name, name) {
+            (true, "service-per-pod") => SPP_NAMESPACED,
+            (true, "shard-0-jvb") => JVB,
+            (false, "prometheus-k8s") if home == "monitoring" => PROMETHEUS,
+            _ => panic!("{home}/{name} is not in SECURITY.md's table"),
+        }
+    };
+    let elsewhere = cluster.namespace("rbac-dev-overlay-other").await;
+    for (home, name) in &accounts {
+        let documented_as = variant(home, name);
+        assert_eq!(
+            can_i(&namespace.name, home, name),
+            expected(documented_as, HOME),
+            "{home}/{name} in the Jitsi namespace"
+        );
+        assert_eq!(
+            can_i(&elsewhere.name, home, name),
+            expected(documented_as, ELSEWHERE),
+            "{home}/{name} elsewhere"
+        );
+    }
+    assert_eq!(accounts.len(), 3, "{accounts:?}");
+    assert_eq!(
+        documented(&[role(&objects, "Role", "prometheus-k8s")]),
+        expected(PROMETHEUS, HOME),
+        "manifests vs SECURITY.md"
     );
     elsewhere.delete().await;
     namespace.delete().await;
