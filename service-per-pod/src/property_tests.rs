@@ -79,3 +79,48 @@ proptest! {
         prop_assert_eq!(plan.services.len() + plan.skipped.len(), ordinals.len());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5000))]
+
+    /// Fuzzing the opt-in parser with arbitrary text: it never panics, and whatever it accepts is exactly
+    /// what the text says — a port 1..=65535 equal to the trimmed number, only UDP/TCP, a valid label key.
+    #[test]
+    fn the_annotation_parser_takes_any_text_and_accepts_only_what_it_can_use(
+        base in prop_oneof!["\\PC{0,12}", "\\p{Any}{0,12}", "[ 0-9+-]{0,8}", (0u64..200_000).prop_map(|n| n.to_string())],
+        protocols in prop::option::of(prop_oneof!["\\PC{0,16}", "[udtcpUDTCP, ]{0,12}"]),
+        label in prop::option::of(prop_oneof!["\\PC{0,80}", "[a-z0-9./_-]{0,80}"]),
+        legacy in prop::option::of("\\PC{0,40}"),
+        noise in prop::collection::btree_map("\\PC{0,20}", "\\PC{0,20}", 0..4),
+    ) {
+        let mut annotations = noise;
+        annotations.insert(BASE_PORT.to_owned(), base.clone());
+        if let Some(protocols) = &protocols {
+            annotations.insert(PROTOCOLS.to_owned(), protocols.clone());
+        }
+        if let Some(label) = &label {
+            annotations.insert(LABEL.to_owned(), label.clone());
+        }
+        if let Some(legacy) = &legacy {
+            annotations.insert(LEGACY_LABEL.to_owned(), legacy.clone());
+        }
+        match annotations::parse(&annotations) {
+            Ok(Some(opt_in)) => {
+                prop_assert!(opt_in.base_port >= 1);
+                prop_assert_eq!(base.trim().parse::<u16>().ok(), Some(opt_in.base_port));
+                prop_assert!(!opt_in.protocols.is_empty());
+                prop_assert!(annotations::is_label_key(&opt_in.selector_label));
+                if let Some(label) = &label {
+                    prop_assert_eq!(&opt_in.selector_label, label.trim());
+                }
+            }
+            Ok(None) => prop_assert!(false, "the base-port annotation is present"),
+            Err(error) => {
+                // One sentence naming the annotation, for the Event and the log line.
+                let sentence = error.to_string();
+                prop_assert!(!sentence.contains('\n'));
+                prop_assert!(sentence.contains("annotation"));
+            }
+        }
+    }
+}

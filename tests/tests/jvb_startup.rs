@@ -180,6 +180,94 @@ fn bad_input_exits_2_with_one_sentence_and_never_runs_the_command() {
     }
 }
 
+/// Every combination of malformed and valid pod names, base ports (environment and flag), host and
+/// advertised addresses: either exit code 2 with one sentence and the command never run, or the command
+/// runs with exactly base port + ordinal. Inputs that are certainly malformed must be refused.
+#[test]
+fn every_combination_of_bad_input_is_refused_or_gets_exactly_base_plus_ordinal() {
+    let pod_names = [
+        None,
+        Some(""),
+        Some("jvb"),
+        Some("jvb-"),
+        Some("jvb-x"),
+        Some("shard-0-jvb-3"),
+        Some("jvb-007"),
+        Some("jvb-99999999999999999999"),
+        Some("jvb-65535"),
+    ];
+    let base_ports = [
+        None,
+        Some(""),
+        Some("30300"),
+        Some("3o300"),
+        Some("-1"),
+        Some("0"),
+        Some("65535"),
+        Some(" 30300 "),
+        Some("99999"),
+    ];
+    let host_ips = [None, Some("192.0.2.1"), Some("not-an-ip"), Some("2001:db8::1")];
+    let advertise_ips = [None, Some("198.51.100.7"), Some("198.51.100.7,bad")];
+    let flags: [&[&str]; 2] = [&[], &["--base-port", "abc"]];
+    let mut runs = 0;
+    let mut started = 0;
+    for pod_name in pod_names {
+        for base_port in base_ports {
+            for host_ip in host_ips {
+                for advertise_ip in advertise_ips {
+                    for flag in flags {
+                        let mut env = Vec::new();
+                        for (name, value) in [
+                            ("POD_NAME", pod_name),
+                            ("JVB_BASE_PORT", base_port),
+                            ("HOST_IP", host_ip),
+                            ("JVB_ADVERTISE_IP", advertise_ip),
+                        ] {
+                            if let Some(value) = value {
+                                env.push((name, value));
+                            }
+                        }
+                        let mut args = vec!["exec"];
+                        args.extend_from_slice(flag);
+                        args.extend_from_slice(&["--", "sh", "-c", "echo \"$JVB_PORT\""]);
+                        let output = jvb_startup(&args, &env).output().unwrap();
+                        runs += 1;
+                        let case = format!("{env:?} {flag:?}");
+                        let stderr = text(&output.stderr);
+                        let ordinal = pod_name
+                            .and_then(|n| n.rsplit_once('-'))
+                            .and_then(|(_, digits)| digits.parse::<u64>().ok());
+                        let base = base_port.and_then(|b| b.trim().parse::<u64>().ok());
+                        let certainly_bad = ordinal.is_none()
+                            || !flag.is_empty()
+                            || base.is_none()
+                            || (host_ip.is_none() && advertise_ip.is_none())
+                            || advertise_ip == Some("198.51.100.7,bad");
+                        match output.status.code() {
+                            Some(2) => {
+                                assert!(output.stdout.is_empty(), "{case}: the command ran");
+                                assert_eq!(stderr.lines().count(), 1, "{case}: one sentence:\n{stderr}");
+                            }
+                            Some(0) => {
+                                assert!(!certainly_bad, "{case}: accepted malformed input");
+                                started += 1;
+                                let port: u64 = text(&output.stdout).trim().parse().unwrap();
+                                assert_eq!(Some(port), base.zip(ordinal).map(|(b, o)| b + o), "{case}");
+                                assert!(port <= 65535, "{case}");
+                            }
+                            other => panic!("{case}: exit {other:?}: {stderr}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(runs, 9 * 9 * 4 * 3 * 2);
+    assert!(started > 0, "some combinations are valid");
+    println!("{runs} combinations, {started} started with the right port, the rest refused");
+}
+
 #[test]
 fn dry_run_prints_the_decision_as_json_without_exec() {
     let output = jvb_startup(
