@@ -22,11 +22,13 @@ pub enum Reason {
     HttpStatus,
     NotJson,
     NotCensus,
+    /// A 200 whose body has no metric at all (a proxy's page, garbage).
+    NotOpenMetrics,
     ReadBody,
 }
 
 impl Reason {
-    const ALL: [Reason; 8] = [
+    const ALL: [Reason; 9] = [
         Reason::Timeout,
         Reason::Connect,
         Reason::Forbidden,
@@ -34,6 +36,7 @@ impl Reason {
         Reason::HttpStatus,
         Reason::NotJson,
         Reason::NotCensus,
+        Reason::NotOpenMetrics,
         Reason::ReadBody,
     ];
 
@@ -46,6 +49,7 @@ impl Reason {
             Reason::HttpStatus => "http_status",
             Reason::NotJson => "not_json",
             Reason::NotCensus => "not_census",
+            Reason::NotOpenMetrics => "not_openmetrics",
             Reason::ReadBody => "read_body",
         }
     }
@@ -101,8 +105,14 @@ impl Exporter {
                 {
                     *skipped += parsed.skipped_lines as u64;
                 }
-                encode(&parsed.families, &mut out);
-                true
+                // Odd lines are skipped, but a body with nothing usable is not Prosody speaking.
+                if parsed.families.is_empty() && parsed.skipped_lines > 0 {
+                    self.count("prosody", Reason::NotOpenMetrics);
+                    false
+                } else {
+                    encode(&parsed.families, &mut out);
+                    true
+                }
             }
             Err(reason) => {
                 self.count("prosody", reason);

@@ -139,12 +139,27 @@ impl BridgeStub {
             .unwrap_or(0)
     }
 
-    /// Replaces the stats body (to flip between fixtures while running).
+    /// Replaces the stats body (to flip between fixtures while running); ends a [`Self::set_stats_raw`].
     pub fn set_stats_fixture(&self, name: &str) {
         let stats = serde_json::from_str(&fixture(&format!("colibri/{name}"))).unwrap_or(Value::Null);
         if let Ok(mut stub) = self.state.lock() {
             stub.stats = stats;
             stub.config.stats_fixture = name.to_owned();
+            stub.raw_stats = None;
+        }
+    }
+
+    /// Delay before every answer from now on (a bridge that became slow, or recovered).
+    pub fn set_delay(&self, delay: Duration) {
+        if let Ok(mut stub) = self.state.lock() {
+            stub.config.delay = delay;
+        }
+    }
+
+    /// Turns the colibri REST API off (the HTML 404 page) or back on.
+    pub fn set_rest_enabled(&self, enabled: bool) {
+        if let Ok(mut stub) = self.state.lock() {
+            stub.config.rest_enabled = enabled;
         }
     }
 

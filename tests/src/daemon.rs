@@ -106,6 +106,11 @@ impl Daemon {
             .unwrap_or(0.0)
     }
 
+    /// The process id, to read its memory and open files from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

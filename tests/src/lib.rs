@@ -7,6 +7,7 @@
 pub mod bridge_stub;
 pub mod control_plane;
 pub mod daemon;
+pub mod fault_proxy;
 pub mod haproxy;
 pub mod manifests;
 pub mod promql;
