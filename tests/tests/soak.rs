@@ -65,7 +65,7 @@ async fn scrape_phase(
                 phase.up
             );
             // promtool on a sample of the responses (it takes milliseconds each).
-            if checked.fetch_add(1, Ordering::Relaxed) % 5000 == 0
+            if checked.fetch_add(1, Ordering::Relaxed).is_multiple_of(5000)
                 && let Err(problems) = promtool::check_metrics(&text)
             {
                 panic!("{}: promtool check metrics:\n{problems}\n{text}", phase.what);
