@@ -24,6 +24,8 @@ pub enum Bench {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// service-per-pod with 24 StatefulSets × 100 pods on a fresh local cluster (about 12 minutes).
+    Controller,
     /// What prosody-exporter adds over fetching Prosody's /metrics directly, with 1 000 rooms.
     ProsodyExporter {
         /// How long wrk scrapes each side, in seconds.
@@ -38,6 +40,7 @@ pub fn run(paths: &Paths, bench: Bench) -> Result<ExitCode> {
     match bench {
         Bench::Exporter { seconds } => exporter(paths, Duration::from_secs(seconds)),
         Bench::ProsodyExporter { seconds } => prosody_exporter(paths, Duration::from_secs(seconds)),
+        Bench::Controller => crate::bench_controller::run(paths),
     }
 }
 
@@ -222,7 +225,7 @@ fn report(
 }
 
 /// Registries are named, never their addresses: `https://<host>/path` becomes `<registry>/path`.
-fn without_hosts(text: &str) -> String {
+pub fn without_hosts(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("https://") {
@@ -474,7 +477,7 @@ fn census_of(rooms: usize) -> String {
     format!("{{\"room_census\":[{}]}}", entries.join(","))
 }
 
-fn machine_line() -> String {
+pub fn machine_line() -> String {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
