@@ -4,8 +4,9 @@
 //!    StatefulSet, created → all its Services; per pod, pod created → Service created;
 //! 2. steady state (5 min; every StatefulSet touched once a minute so the controller reconciles): the
 //!    API server's own count of Service writes, target 0;
-//! 3. churn like an HPA's (5 min): 10 StatefulSets scaled between 1 and 6, then convergence checked;
-//! and the controller's CPU time and memory (RSS, peak) after each phase.
+//! 3. churn like an HPA's (5 min): 10 StatefulSets scaled between 1 and 6, then convergence checked.
+//!
+//! After each phase, the controller's CPU time and memory (RSS, peak).
 //!
 //! Prints a markdown table. Needs a cluster nothing else uses (counts are cluster-wide). Sizes can be
 //! reduced for a try: BENCH_SETS, BENCH_PODS, BENCH_STEADY_SECS, BENCH_CHURN_SECS.
