@@ -314,6 +314,67 @@ async fn main() {
         format!("{rss_2:.1} MiB ({peak_2:.1} MiB)"),
     );
 
+    // 2b. With every pod in place, bridges added one at a time (as an autoscaler grows a shard): the
+    // last StatefulSet drops its top 20 pods, then gets them back one by one.
+    let grower = names.last().expect("a StatefulSet").clone();
+    let top = pods_per_set.min(20);
+    let scale = |replicas: usize| {
+        let sets = fx.sets();
+        let name = grower.clone();
+        async move {
+            let patch = json!({ "spec": { "replicas": replicas } });
+            sets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("scale");
+        }
+    };
+    scale(pods_per_set - top).await;
+    let services_api: Api<Service> = fx.namespace.api();
+    eventually("the top pods and Services gone", Duration::from_secs(120), || async {
+        let pods_api: Api<Pod> = fx.namespace.api();
+        for ordinal in pods_per_set - top..pods_per_set {
+            let name = format!("{grower}-{ordinal}");
+            if services_api.get_opt(&name).await.ok()?.is_some() || pods_api.get_opt(&name).await.ok()?.is_some() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let mut one_at_a_time: Vec<f64> = Vec::new();
+    for replicas in pods_per_set - top + 1..=pods_per_set {
+        let name = format!("{grower}-{}", replicas - 1);
+        let asked = Instant::now();
+        scale(replicas).await;
+        // The newest incarnation of the pod and of its Service (both were there before the scale-down).
+        let (pod, service) = eventually(&format!("pod and Service {name}"), Duration::from_secs(60), || async {
+            let newest = |seen: &Shared| {
+                seen.lock()
+                    .ok()?
+                    .first
+                    .values()
+                    .filter(|(n, at)| *n == name && *at >= asked)
+                    .map(|(_, at)| *at)
+                    .max()
+            };
+            Some((newest(&pods_seen)?, newest(&services_seen)?))
+        })
+        .await;
+        one_at_a_time.push(ms(pod, service));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    one_at_a_time.sort_by(f64::total_cmp);
+    row(
+        format!("{total} pods in place, {top} bridges added one at a time: pod → Service p50 / p99 / max"),
+        format!(
+            "{:.1} ms / {:.1} ms / {:.1} ms",
+            percentile(&one_at_a_time, 50.0),
+            percentile(&one_at_a_time, 99.0),
+            percentile(&one_at_a_time, 100.0)
+        ),
+    );
+    let writes_2 = apiserver_writes(&admin).await;
+    let reconciles_2 = fx.controller.metric("service_per_pod_reconciles_total").await;
+    let (cpu_2, _, _) = process_usage(pid);
+
     // 3. Churn: 10 StatefulSets scaled between 1 and 6, like an HPA, every few seconds.
     let churned: Vec<String> = names.iter().take(10).cloned().collect();
     let churn_start = Instant::now();
@@ -335,7 +396,6 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let services_api: Api<Service> = fx.namespace.api();
     let pods_api: Api<Pod> = fx.namespace.api();
     let settle = Instant::now();
     eventually(
