@@ -9,15 +9,18 @@ use std::time::Duration;
 use crate::eventually;
 use crate::manifests::repo_root;
 
-/// A built binary of this workspace (`target/debug/<name>`).
+/// A built binary of this workspace: `target/debug/<name>`, or `target/<profile>/<name>` with
+/// `JITSI_K8S_DAEMON_PROFILE=<profile>` (benchmarks run release builds).
 pub fn binary(name: &str) -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
-    let path = target.join("debug").join(name);
+    let profile = std::env::var("JITSI_K8S_DAEMON_PROFILE").unwrap_or_else(|_| "debug".to_owned());
+    let path = target.join(&profile).join(name);
     assert!(
         path.is_file(),
-        "{} is missing: run the tests through `cargo xtask test`, or `cargo build --bins` first",
-        path.display()
+        "{} is missing: run the tests through `cargo xtask test`, or `cargo build --bins{}` first",
+        path.display(),
+        if profile == "release" { " --release" } else { "" }
     );
     path
 }

@@ -2,7 +2,8 @@
 //! plane (the measuring itself is `tests/examples/controller_bench.rs`), and the approach we replace —
 //! metacontroller with a hook deriving Services from `spec.replicas` — in the same run when it can be built.
 
-use std::process::{Command, ExitCode};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -51,15 +52,23 @@ fn measure(paths: &Paths) -> Result<ExitCode> {
         }
     }
     println!("==> running (about 12 minutes: creation, 5 min steady state, 5 min churn)");
-    let output = Command::new(paths.repo.join("target/release/examples/controller_bench"))
+    // Rows are printed as each phase ends, and kept for the results file.
+    let mut child = Command::new(paths.repo.join("target/release/examples/controller_bench"))
         .env("KUBECONFIG", paths.kubeconfig())
         .env("JITSI_K8S_DAEMON_PROFILE", "release")
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running the benchmark")?;
-    let table = String::from_utf8_lossy(&output.stdout).into_owned();
-    print!("{table}");
-    if !output.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    let mut table = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading the benchmark's output")?;
+            println!("{line}");
+            table.push_str(&line);
+            table.push('\n');
+        }
+    }
+    if !child.wait().context("waiting for the benchmark")?.success() {
         bail!("the benchmark failed");
     }
     let mut text = format!("# service-per-pod benchmark\n\nMachine: {}.\n", machine_line());
