@@ -323,21 +323,29 @@ async fn main() {
         let name = grower.clone();
         async move {
             let patch = json!({ "spec": { "replicas": replicas } });
-            sets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("scale");
+            sets.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect("scale");
         }
     };
     scale(pods_per_set - top).await;
     let services_api: Api<Service> = fx.namespace.api();
-    eventually("the top pods and Services gone", Duration::from_secs(120), || async {
-        let pods_api: Api<Pod> = fx.namespace.api();
-        for ordinal in pods_per_set - top..pods_per_set {
-            let name = format!("{grower}-{ordinal}");
-            if services_api.get_opt(&name).await.ok()?.is_some() || pods_api.get_opt(&name).await.ok()?.is_some() {
-                return None;
+    eventually(
+        "the top pods and Services gone",
+        Duration::from_secs(120),
+        || async {
+            let pods_api: Api<Pod> = fx.namespace.api();
+            for ordinal in pods_per_set - top..pods_per_set {
+                let name = format!("{grower}-{ordinal}");
+                if services_api.get_opt(&name).await.ok()?.is_some()
+                    || pods_api.get_opt(&name).await.ok()?.is_some()
+                {
+                    return None;
+                }
             }
-        }
-        Some(())
-    })
+            Some(())
+        },
+    )
     .await;
     let mut one_at_a_time: Vec<f64> = Vec::new();
     for replicas in pods_per_set - top + 1..=pods_per_set {
@@ -345,18 +353,22 @@ async fn main() {
         let asked = Instant::now();
         scale(replicas).await;
         // The newest incarnation of the pod and of its Service (both were there before the scale-down).
-        let (pod, service) = eventually(&format!("pod and Service {name}"), Duration::from_secs(60), || async {
-            let newest = |seen: &Shared| {
-                seen.lock()
-                    .ok()?
-                    .first
-                    .values()
-                    .filter(|(n, at)| *n == name && *at >= asked)
-                    .map(|(_, at)| *at)
-                    .max()
-            };
-            Some((newest(&pods_seen)?, newest(&services_seen)?))
-        })
+        let (pod, service) = eventually(
+            &format!("pod and Service {name}"),
+            Duration::from_secs(60),
+            || async {
+                let newest = |seen: &Shared| {
+                    seen.lock()
+                        .ok()?
+                        .first
+                        .values()
+                        .filter(|(n, at)| *n == name && *at >= asked)
+                        .map(|(_, at)| *at)
+                        .max()
+                };
+                Some((newest(&pods_seen)?, newest(&services_seen)?))
+            },
+        )
         .await;
         one_at_a_time.push(ms(pod, service));
         tokio::time::sleep(Duration::from_millis(500)).await;
