@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use integration_tests::eventually;
+use integration_tests::measure::{apiserver_writes, percentile, signed_ms};
 use integration_tests::service_per_pod::{Fixture, statefulset};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 fn setting(name: &str, default: u64) -> u64 {
@@ -73,35 +74,6 @@ fn by_name(seen: &Shared) -> HashMap<String, Instant> {
     names
 }
 
-/// Write requests the API server served, by resource (its own `apiserver_request_total`).
-async fn apiserver_writes(client: &Client) -> HashMap<String, f64> {
-    let request = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(request).await.expect("apiserver /metrics");
-    let mut writes = HashMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let label = |name: &str| {
-            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-            Some(line[start..].split('"').next()?.to_owned())
-        };
-        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
-            continue;
-        };
-        if !matches!(
-            verb.as_str(),
-            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
-        ) {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *writes.entry(resource).or_insert(0.0) += value;
-    }
-    writes
-}
-
 fn delta(after: &HashMap<String, f64>, before: &HashMap<String, f64>, resource: &str) -> f64 {
     after.get(resource).unwrap_or(&0.0) - before.get(resource).unwrap_or(&0.0)
 }
@@ -126,22 +98,6 @@ fn process_usage(pid: u32) -> (f64, f64, f64) {
     };
     // The kernel's clock tick is 100 Hz on every Linux we run on.
     (ticks / 100.0, kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(from: Instant, to: Instant) -> f64 {
-    if to >= from {
-        to.duration_since(from).as_secs_f64() * 1000.0
-    } else {
-        -(from.duration_since(to).as_secs_f64() * 1000.0)
-    }
 }
 
 #[tokio::main]
@@ -193,7 +149,7 @@ async fn main() {
     let (pods, services) = (by_name(&pods_seen), by_name(&services_seen));
     let mut pod_to_service: Vec<f64> = pods
         .iter()
-        .filter_map(|(name, pod)| Some(ms(*pod, *services.get(name)?)))
+        .filter_map(|(name, pod)| Some(signed_ms(*pod, *services.get(name)?)))
         .collect();
     pod_to_service.sort_by(f64::total_cmp);
     let mut set_to_all: Vec<f64> = names
@@ -205,7 +161,7 @@ async fn main() {
                 .map(|(_, at)| *at)
                 .max()
                 .expect("services of the set");
-            ms(created_at[set], last)
+            signed_ms(created_at[set], last)
         })
         .collect();
     set_to_all.sort_by(f64::total_cmp);
@@ -370,7 +326,7 @@ async fn main() {
             },
         )
         .await;
-        one_at_a_time.push(ms(pod, service));
+        one_at_a_time.push(signed_ms(pod, service));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     one_at_a_time.sort_by(f64::total_cmp);

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use integration_tests::eventually;
+use integration_tests::measure::{apiserver_writes, percentile, signed_ms};
 use integration_tests::service_per_pod::{Fixture, statefulset};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 const PODS: usize = 100;
@@ -45,49 +46,6 @@ where
         }
     });
     seen
-}
-
-/// Write requests (create, update, patch, apply, delete) the API server served, by resource.
-async fn apiserver_writes(client: &Client) -> HashMap<String, f64> {
-    let request = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(request).await.expect("apiserver /metrics");
-    let mut writes = HashMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let label = |name: &str| {
-            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-            Some(line[start..].split('"').next()?.to_owned())
-        };
-        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
-            continue;
-        };
-        if !matches!(
-            verb.as_str(),
-            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
-        ) {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *writes.entry(resource).or_insert(0.0) += value;
-    }
-    writes
-}
-
-/// Milliseconds from `pod` to `service` being seen; negative when the Service came first.
-fn signed_ms(pod: Instant, service: Instant) -> f64 {
-    if service >= pod {
-        service.duration_since(pod).as_secs_f64() * 1000.0
-    } else {
-        -(pod.duration_since(service).as_secs_f64() * 1000.0)
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 #[tokio::main]

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod fault_proxy;
 pub mod haproxy;
 pub mod manifests;
+pub mod measure;
 pub mod promql;
 pub mod promtool;
 pub mod prosody;
