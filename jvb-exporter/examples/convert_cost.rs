@@ -6,7 +6,7 @@ use std::time::Instant;
 fn main() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/colibri/2026-jvb-2.3.63-relay.json"
+        "/../testdata/colibri/2026-jvb-2.3.63-relay.json"
     );
     let body = std::fs::read(path).expect("fixture");
     let rounds = 20_000;

@@ -1,4 +1,4 @@
-//! What we know about `/colibri/stats` fields (`shared/reference/jitsi.md`): which are cumulative
+//! What we know about `/colibri/stats` fields (from jitsi-videobridge's sources and the recorded outputs in `testdata/colibri/`): which are cumulative
 //! counters, booleans, strings worth an info metric, and the odd `conference_sizes`. A numeric field
 //! not listed here is exported as a gauge all the same.
 

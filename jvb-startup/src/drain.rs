@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn real_recorded_stats() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/colibri");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/colibri");
         let read = |name: &str| -> Value {
             serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
         };

@@ -1,13 +1,12 @@
 //! `cargo xtask bench controller`: service-per-pod with 24 StatefulSets × 100 pods on a fresh local control
-//! plane (the measuring itself is `tests/examples/controller_bench.rs`), and the approach we replace —
+//! plane (the measuring itself is `testbed/src/bin/bench-controller.rs`), and the approach we replace —
 //! metacontroller with a hook deriving Services from `spec.replicas` — in the same run when it can be built.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::bench::{machine_line, without_hosts};
+use crate::bench::{build_release, run_program, without_hosts};
 use crate::cluster;
 use crate::paths::Paths;
 
@@ -29,70 +28,27 @@ pub fn run(paths: &Paths) -> Result<ExitCode> {
 
 fn measure(paths: &Paths) -> Result<ExitCode> {
     let metacontroller = try_metacontroller();
-    println!("==> building service-per-pod and the benchmark (release)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    for args in [
-        &["build", "--release", "--locked", "--bins"][..],
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "integration-tests",
-            "--example",
-            "controller_bench",
-        ][..],
-    ] {
-        let status = Command::new(&cargo)
-            .current_dir(&paths.repo)
-            .args(args)
-            .status()?;
-        if !status.success() {
-            bail!("cargo {} failed", args.join(" "));
-        }
-    }
+    build_release(paths, "bench-controller")?;
     println!("==> running (about 12 minutes: creation, 5 min steady state, 5 min churn)");
-    // Rows are printed as each phase ends, and kept for the results file.
-    let mut child = Command::new(paths.repo.join("target/release/examples/controller_bench"))
-        .env("KUBECONFIG", paths.kubeconfig())
-        .env("JITSI_K8S_DAEMON_PROFILE", "release")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running the benchmark")?;
-    let mut table = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("reading the benchmark's output")?;
-            println!("{line}");
-            table.push_str(&line);
-            table.push('\n');
+    let note = match metacontroller {
+        Ok(version) => {
+            format!("metacontroller {version} was fetched but is not wired into this benchmark yet.")
         }
-    }
-    if !child.wait().context("waiting for the benchmark")?.success() {
-        bail!("the benchmark failed");
-    }
-    let mut text = format!("# service-per-pod benchmark\n\nMachine: {}.\n", machine_line());
-    text.push_str(
-        "Local control plane (etcd, kube-apiserver, controller-manager, scheduler v1.36, KWOK nodes); \
-         the controller as a release build under its own ServiceAccount and RBAC from `manifests/`. \
-         Command: `cargo xtask bench controller`.\n",
-    );
-    text.push_str(table.trim_start());
-    text.push_str("\n\n## The approach we replace: metacontroller\n\n");
-    match metacontroller {
-        Ok(version) => text.push_str(&format!("metacontroller {version} was fetched but is not wired into this benchmark yet.\n")),
-        Err(why) => text.push_str(&format!(
+        Err(why) => format!(
             "Not measured: metacontroller cannot be built here. Every release tried was refused by the Go \
-             module proxy (the only source of Go code this machine reaches):\n\n```\n{why}\n```\n\n\
-             So the targets \"faster than the approach we replace on every latency figure\" cannot be checked \
-             in this run. What the old design does by construction is in docs/architecture.md: Services from \
-             `spec.replicas` (so the Service of a draining bridge is deleted at scale-down), a hand-deleted \
-             Service noticed only at the next resync.\n"
-        )),
-    }
-    let file = paths.repo.join("bench/results/controller.md");
-    std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
-    println!("==> written to {}", file.display());
+             module proxy:\n\n```\n{why}\n```"
+        ),
+    };
+    run_program(
+        paths,
+        "bench-controller",
+        &[],
+        &[
+            ("KUBECONFIG", paths.kubeconfig().display().to_string()),
+            ("BENCH_METACONTROLLER_NOTE", note),
+        ],
+        "controller.md",
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

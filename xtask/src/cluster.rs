@@ -6,13 +6,16 @@
 //! in one state folder that `down` removes.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Output, Stdio};
+use std::process::{Command, ExitCode, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use serde::{Deserialize, Serialize};
+
+use local_cluster::process::{is_ours, is_running, log_tail, output_with_stdin, spawn_detached};
+use local_cluster::{
+    KUBERNETES_SERVICE_IP, NODE_PORT_RANGE, NODES, POD_CIDR, Process, SERVICE_CIDR, State, free_tcp_port,
+};
 
 use crate::gobuild::{self, GoProgram};
 use crate::packages::which;
@@ -50,24 +53,10 @@ pub fn run(paths: &Paths, action: Action) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The Service CIDR; its first address is the `kubernetes` Service, named in the serving certificate.
-const SERVICE_CIDR: &str = "10.96.0.0/16";
-const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
-/// Pod IPs handed out by KWOK; must not overlap the Service CIDR.
-const POD_CIDR: &str = "10.244.0.0/16";
-pub const NODE_PORT_RANGE: &str = "30000-32767";
 const PROMETHEUS_OPERATOR_CRDS: [&str; 3] = [
     "monitoring.coreos.com_podmonitors.yaml",
     "monitoring.coreos.com_servicemonitors.yaml",
     "monitoring.coreos.com_prometheusrules.yaml",
-];
-
-/// Fake Nodes: name, zone, InternalIP. Loopback addresses, so a NodePort "on a node" is an address of
-/// this machine.
-const NODES: [(&str, &str, &str); 3] = [
-    ("kwok-node-0", "zone-a", "127.0.10.1"),
-    ("kwok-node-1", "zone-b", "127.0.10.2"),
-    ("kwok-node-2", "zone-a", "127.0.10.3"),
 ];
 
 /// Users of the token file. `system:masters` members are cluster admins; the others start with no
@@ -82,37 +71,15 @@ const USERS: [(&str, &str); 7] = [
     ("carol", ""),
 ];
 
-#[derive(Debug, Serialize, Deserialize)]
-struct State {
-    kubernetes_version: String,
-    kwok_version: String,
-    apiserver_port: u16,
-    etcd_client_port: u16,
-    scheduler_port: u16,
-    processes: Vec<Running>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Running {
-    name: String,
-    pid: u32,
-    log: PathBuf,
-}
-
-fn state_file(paths: &Paths) -> PathBuf {
-    paths.cluster.join("state.json")
-}
-
 fn load_state(paths: &Paths) -> Option<State> {
-    let text = std::fs::read_to_string(state_file(paths)).ok()?;
-    serde_json::from_str(&text).ok()
+    paths.cluster.load()
 }
 
 fn save_state(paths: &Paths, state: &State) -> Result<()> {
-    let tmp = paths.cluster.join("state.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
-    std::fs::rename(&tmp, state_file(paths))?;
-    Ok(())
+    paths
+        .cluster
+        .save(state)
+        .context("writing the cluster's state file")
 }
 
 /// Whether the cluster described by the state file is up and answering.
@@ -120,7 +87,7 @@ fn is_healthy(paths: &Paths, state: &State) -> bool {
     state
         .processes
         .iter()
-        .all(|p| process::is_ours(p.pid, &paths.cluster))
+        .all(|p| is_ours(p.pid, paths.cluster.path()))
         && kubectl(paths, &["get", "--raw=/readyz", "--request-timeout=5s"]).is_ok()
 }
 
@@ -138,7 +105,7 @@ pub fn up(paths: &Paths) -> Result<bool> {
     }
     down_quietly(paths)?;
 
-    let modules = paths.control_plane_modules();
+    let modules = paths.go_modules();
     let kubernetes_bin = gobuild::KUBERNETES.ensure_built(&modules, &paths.cache)?;
     let kwok_bin = gobuild::KWOK.ensure_built(&modules, &paths.cache)?;
     let etcd = gobuild::ETCD.ensure_built(&modules, &paths.cache)?.join("etcd");
@@ -146,19 +113,19 @@ pub fn up(paths: &Paths) -> Result<bool> {
     let started = Instant::now();
     which("kubectl").context("kubectl is not installed")?;
 
-    let dir = &paths.cluster;
-    std::fs::create_dir_all(dir.join("logs"))?;
+    let dir = paths.cluster.path();
+    std::fs::create_dir_all(paths.cluster.logs())?;
     let pki = pki::generate(&dir.join("pki"), KUBERNETES_SERVICE_IP)?;
 
     let mut state = State {
         kubernetes_version: gobuild::KUBERNETES.version(&modules)?,
         kwok_version: gobuild::KWOK.version(&modules)?,
-        apiserver_port: process::free_port()?,
-        etcd_client_port: process::free_port()?,
-        scheduler_port: process::free_port()?,
+        apiserver_port: free_tcp_port()?,
+        etcd_client_port: free_tcp_port()?,
+        scheduler_port: free_tcp_port()?,
         processes: Vec::new(),
     };
-    let etcd_peer_port = process::free_port()?;
+    let etcd_peer_port = free_tcp_port()?;
     let tokens = write_credentials(paths, &pki, state.apiserver_port)?;
     println!(
         "==> starting Kubernetes {} on https://127.0.0.1:{}",
@@ -182,9 +149,9 @@ pub fn up(paths: &Paths) -> Result<bool> {
     start(paths, &mut state, "etcd", &etcd, &etcd_args)?;
     let etcd_alive = state.processes[0].clone();
     process::wait_for_port(state.etcd_client_port, Duration::from_secs(30), || {
-        process::is_running(etcd_alive.pid)
+        is_running(etcd_alive.pid)
     })
-    .with_context(|| format!("etcd did not start:\n{}", process::log_tail(&etcd_alive.log, 20)))?;
+    .with_context(|| format!("etcd did not start:\n{}", log_tail(&etcd_alive.log, 20)))?;
 
     let apiserver_args = args(&[
         &format!("--etcd-servers={etcd_client}"),
@@ -202,7 +169,10 @@ pub fn up(paths: &Paths) -> Result<bool> {
             pki.service_account_key.display()
         ),
         &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-        &format!("--service-node-port-range={NODE_PORT_RANGE}"),
+        &format!(
+            "--service-node-port-range={}-{}",
+            NODE_PORT_RANGE.0, NODE_PORT_RANGE.1
+        ),
         "--authorization-mode=RBAC",
         "--allow-privileged=true",
         "--endpoint-reconciler-type=none",
@@ -275,7 +245,7 @@ pub fn up(paths: &Paths) -> Result<bool> {
         "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         "--node-lease-duration-seconds=40",
         &format!("--cidr={POD_CIDR}"),
-        "--node-ip=127.0.10.1",
+        &format!("--node-ip={}", NODES[0].ip),
     ]);
     kwok_args.extend(stages.iter().map(|stage| format!("--config={}", stage.display())));
     start(paths, &mut state, "kwok", &kwok_bin.join("kwok"), &kwok_args)?;
@@ -296,11 +266,14 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 fn start(paths: &Paths, state: &mut State, name: &str, program: &Path, args: &[String]) -> Result<()> {
-    let log = paths.cluster.join("logs").join(format!("{name}.log"));
-    let pid = process::spawn(program, args, &log)?;
-    state.processes.push(Running {
+    let log = paths.cluster.logs().join(format!("{name}.log"));
+    let pid =
+        spawn_detached(program, args, &log).with_context(|| format!("starting {}", program.display()))?;
+    state.processes.push(Process {
         name: name.to_owned(),
         pid,
+        program: program.to_path_buf(),
+        args: args.to_vec(),
         log,
     });
     // Saved after every start, so a crash half-way through `up` still lets the next run stop these.
@@ -308,26 +281,19 @@ fn start(paths: &Paths, state: &mut State, name: &str, program: &Path, args: &[S
 }
 
 fn wait_until_ready(paths: &Paths, state: &State, name: &str, timeout: Duration) -> Result<()> {
-    let running = state
-        .processes
-        .iter()
-        .find(|p| p.name == name)
-        .context("process not started")?;
+    let running = state.process(name).context("process not started")?;
     let deadline = Instant::now() + timeout;
     loop {
         if kubectl(paths, &["get", "--raw=/readyz", "--request-timeout=5s"]).is_ok() {
             return Ok(());
         }
-        if !process::is_running(running.pid) {
-            bail!(
-                "{name} exited during start-up:\n{}",
-                process::log_tail(&running.log, 30)
-            );
+        if !is_running(running.pid) {
+            bail!("{name} exited during start-up:\n{}", log_tail(&running.log, 30));
         }
         if Instant::now() >= deadline {
             bail!(
                 "{name} was not ready within {timeout:?}:\n{}",
-                process::log_tail(&running.log, 30)
+                log_tail(&running.log, 30)
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -336,7 +302,7 @@ fn wait_until_ready(paths: &Paths, state: &State, name: &str, timeout: Duration)
 
 /// Writes the token file and a kubeconfig per user; returns the token file's path.
 fn write_credentials(paths: &Paths, pki: &pki::Pki, apiserver_port: u16) -> Result<PathBuf> {
-    let dir = &paths.cluster;
+    let dir = paths.cluster.path();
     let server = format!("https://127.0.0.1:{apiserver_port}");
     let mut token_file = String::new();
     let mut users = Vec::new();
@@ -397,7 +363,7 @@ fn random_token() -> Result<String> {
 }
 
 fn install_prometheus_operator_crds(paths: &Paths) -> Result<()> {
-    let wrapper = paths.control_plane_modules().join("prometheus-operator");
+    let wrapper = paths.go_modules().join("prometheus-operator");
     let module = "github.com/prometheus-operator/prometheus-operator";
     let version = gobuild::pinned_version(&wrapper, module)?;
     let source = gobuild::module_source_dir(&wrapper, module, &version)?;
@@ -430,10 +396,8 @@ fn install_prometheus_operator_crds(paths: &Paths) -> Result<()> {
 /// only once its finalizers are gone — and take out their artificial 1–6 s delays so tests run fast.
 /// A test can still slow one pod down with KWOK's per-pod delay annotations.
 fn write_kwok_stages(paths: &Paths, kwok: &GoProgram) -> Result<Vec<PathBuf>> {
-    let source = kwok
-        .module_dir(&paths.control_plane_modules())?
-        .join("kustomize/stage");
-    let out = paths.cluster.join("kwok-stages");
+    let source = kwok.module_dir(&paths.go_modules())?.join("kustomize/stage");
+    let out = paths.cluster.path().join("kwok-stages");
     std::fs::create_dir_all(&out)?;
     let mut written = Vec::new();
     let pod_stages = [
@@ -499,7 +463,8 @@ fn without_delays(stage: &str) -> String {
 
 fn nodes_yaml() -> String {
     let mut yaml = String::new();
-    for (name, zone, ip) in NODES {
+    for node in NODES {
+        let (name, zone, ip) = (node.name, node.zone, node.ip);
         yaml.push_str(&format!(
             "---
 apiVersion: v1
@@ -541,11 +506,7 @@ fn create_nodes(paths: &Paths) -> Result<()> {
 }
 
 fn wait_for_nodes(paths: &Paths, state: &State) -> Result<()> {
-    let kwok = state
-        .processes
-        .iter()
-        .find(|p| p.name == "kwok")
-        .context("kwok not started")?;
+    let kwok = state.process("kwok").context("kwok not started")?;
     let result = kubectl(
         paths,
         &["wait", "--for=condition=Ready", "--timeout=90s", "node", "--all"],
@@ -553,7 +514,7 @@ fn wait_for_nodes(paths: &Paths, state: &State) -> Result<()> {
     result.with_context(|| {
         format!(
             "the KWOK nodes did not become Ready:\n{}",
-            process::log_tail(&kwok.log, 20)
+            log_tail(&kwok.log, 20)
         )
     })?;
     Ok(())
@@ -561,35 +522,30 @@ fn wait_for_nodes(paths: &Paths, state: &State) -> Result<()> {
 
 /// Stops everything and removes the state; says what it did.
 pub fn down(paths: &Paths) -> Result<()> {
-    if !paths.cluster.exists() {
-        println!(
-            "==> no local cluster state at {}: nothing to stop",
-            paths.cluster.display()
-        );
+    let dir = paths.cluster.path();
+    if !dir.exists() {
+        println!("==> no local cluster state at {}: nothing to stop", dir.display());
         return Ok(());
     }
     let stopped = down_quietly(paths)?;
-    println!(
-        "==> stopped {stopped} processes and removed {}",
-        paths.cluster.display()
-    );
+    println!("==> stopped {stopped} processes and removed {}", dir.display());
     Ok(())
 }
 
 fn down_quietly(paths: &Paths) -> Result<usize> {
+    let dir = paths.cluster.path();
     let mut stopped = 0;
     if let Some(state) = load_state(paths) {
         // Reverse start order: the apiserver's clients first, etcd last.
         for running in state.processes.iter().rev() {
-            if process::is_ours(running.pid, &paths.cluster) {
-                process::stop(running.pid, &paths.cluster, Duration::from_secs(10));
+            if is_ours(running.pid, dir) {
+                process::stop(running.pid, dir, Duration::from_secs(10));
                 stopped += 1;
             }
         }
     }
-    if paths.cluster.exists() {
-        std::fs::remove_dir_all(&paths.cluster)
-            .with_context(|| format!("removing {}", paths.cluster.display()))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(stopped)
 }
@@ -598,7 +554,7 @@ fn status(paths: &Paths) -> Result<ExitCode> {
     let Some(state) = load_state(paths) else {
         println!(
             "no local cluster (state folder {} absent)",
-            paths.cluster.display()
+            paths.cluster.path().display()
         );
         return Ok(ExitCode::FAILURE);
     };
@@ -612,7 +568,7 @@ fn status(paths: &Paths) -> Result<ExitCode> {
     );
     let mut all_running = true;
     for running in &state.processes {
-        let alive = process::is_ours(running.pid, &paths.cluster);
+        let alive = is_ours(running.pid, paths.cluster.path());
         all_running &= alive;
         let rss = if alive {
             rss_mib(running.pid)
@@ -670,19 +626,9 @@ fn kubectl_owned(paths: &Paths, args: &[String], stdin: Option<&str>) -> Result<
     let mut command = Command::new("kubectl");
     command
         .arg(format!("--kubeconfig={}", paths.kubeconfig().display()))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().context("running kubectl")?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        std::io::Write::write_all(&mut pipe, input.as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
+        .args(args);
+    let output =
+        output_with_stdin(&mut command, stdin.unwrap_or_default().as_bytes()).context("running kubectl")?;
     ensure!(
         output.status.success(),
         "kubectl {} failed: {}",
@@ -729,9 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn nodes_span_at_least_two_zones() {
-        let zones: std::collections::BTreeSet<_> = NODES.iter().map(|(_, zone, _)| *zone).collect();
-        assert!(NODES.len() >= 3 && zones.len() >= 2);
+    fn every_node_is_a_kwok_node() {
         let yaml = nodes_yaml();
         assert_eq!(yaml.matches("kwok.x-k8s.io/node: fake").count(), NODES.len());
     }

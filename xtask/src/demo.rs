@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: builds everything, starts the local control plane, and runs the demo scenario
-//! (`tests/src/bin/demo.rs`): `manifests/overlays/dev` applied server-side, the bridges scaled 1 → 3 → 1 with
+//! (`testbed/src/bin/demo.rs`): `manifests/overlays/dev` applied server-side, the bridges scaled 1 → 3 → 1 with
 //! a live table. Ctrl-C tears everything down, the cluster included when this command started it.
 
 use std::process::{Command, ExitCode};
@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result};
 
 use crate::paths::Paths;
-use crate::{cluster, packages};
+use crate::{cargo, cluster, packages};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,13 +29,8 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
     println!("==> local control plane (built from the Go module proxy the first time: a few minutes)");
     let started_cluster = cluster::up(paths)?;
     println!("==> building the daemons and the demo (cargo; minutes when cold)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let built = Command::new(&cargo)
-        .current_dir(&paths.repo)
-        .args(["build", "--workspace", "--bins", "--locked"])
-        .status()
-        .context("running cargo build")?;
-    let outcome = if built.success() {
+    let built = cargo::run(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
+    let outcome = if built {
         run_scenario(paths, args.once)
     } else {
         Ok(false)
@@ -54,7 +49,7 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
 /// Runs the demo binary. Ctrl-C reaches it too (same terminal process group); this process only waits
 /// for it to finish tearing down, so the cluster can be stopped afterwards.
 fn run_scenario(paths: &Paths, once: bool) -> Result<bool> {
-    let mut command = Command::new(paths.repo.join("target/debug/demo"));
+    let mut command = Command::new(paths.built("debug", "demo"));
     command.env("KUBECONFIG", paths.kubeconfig());
     if once {
         command.arg("--once");

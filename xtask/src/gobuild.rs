@@ -1,4 +1,4 @@
-//! Builds Go programs from the wrapper modules under `tests/control-plane/` into the cache, keyed by the
+//! Builds Go programs from the wrapper modules under `xtask/go/` into the cache, keyed by the
 //! pinned version, and finds files inside downloaded Go modules (KWOK stages, Prometheus Operator CRDs).
 
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 /// One wrapper module and the commands it builds.
 #[derive(Debug)]
 pub struct GoProgram {
-    /// Folder under `tests/control-plane/` holding the wrapper `go.mod`.
+    /// Folder under `xtask/go/` holding the wrapper `go.mod`.
     pub wrapper: &'static str,
     /// The module whose pinned version keys the cache (`require <module> <version>` in the wrapper).
     pub module: &'static str,
@@ -52,7 +52,7 @@ pub const KWOK: GoProgram = GoProgram {
     ldflags: |_| String::new(),
 };
 
-/// The Go exporter operators run today (`tests/go-tools/`), for the exporter benchmark.
+/// The Go exporter operators run today, for the exporter benchmark.
 pub const JITSI_MEET_EXPORTER: GoProgram = GoProgram {
     wrapper: "prometheus-jitsi-meet-exporter",
     module: "github.com/systemli/prometheus-jitsi-meet-exporter",

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_controller;
+mod cargo;
 mod cluster;
 mod demo;
 mod gobuild;

@@ -1,8 +1,10 @@
-//! Where things live: the repository, the cache of built binaries, the running cluster's state.
+//! Where things live: the repository, the cache of built binaries, the Go wrapper modules, the local
+//! cluster's state.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use local_cluster::ClusterDir;
 
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -11,15 +13,12 @@ pub struct Paths {
     /// Built binaries, outside the work tree so every clone and CI run on this machine share them.
     pub cache: PathBuf,
     /// The local cluster's state (PKI, kubeconfig, etcd data, logs); removed by `cluster down`.
-    pub cluster: PathBuf,
+    pub cluster: ClusterDir,
 }
 
 impl Paths {
     pub fn discover() -> Result<Self> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("xtask is not inside the workspace")?
-            .to_path_buf();
+        let repo = local_cluster::repo_root();
         let cache = match std::env::var_os("JITSI_K8S_CACHE") {
             Some(dir) => PathBuf::from(dir),
             None => match std::env::var_os("XDG_CACHE_HOME") {
@@ -28,23 +27,27 @@ impl Paths {
                     .join(".cache/jitsi-k8s"),
             },
         };
-        let cluster = match std::env::var_os("JITSI_K8S_CLUSTER_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => repo.join("target/local-cluster"),
-        };
-        Ok(Self { repo, cache, cluster })
+        Ok(Self {
+            repo,
+            cache,
+            cluster: ClusterDir::discover(),
+        })
     }
 
-    pub fn control_plane_modules(&self) -> PathBuf {
-        self.repo.join("tests/control-plane")
-    }
-
-    /// Wrapper modules of Go programs used by benchmarks.
-    pub fn go_tools(&self) -> PathBuf {
-        self.repo.join("tests/go-tools")
+    /// The Go wrapper modules (`go.mod` + `go.sum` pinning what the control plane and the benchmarks
+    /// build from the Go module proxy).
+    pub fn go_modules(&self) -> PathBuf {
+        self.repo.join("xtask/go")
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
-        self.cluster.join("kubeconfig")
+        self.cluster.kubeconfig()
+    }
+
+    /// A binary of this workspace built by cargo in `profile` (`debug` or `release`).
+    pub fn built(&self, profile: &str, name: &str) -> PathBuf {
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| self.repo.join("target"), PathBuf::from);
+        target.join(profile).join(name)
     }
 }

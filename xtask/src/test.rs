@@ -1,12 +1,12 @@
 //! `cargo xtask test`: the one command that checks everything, as CI runs it.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::paths::Paths;
-use crate::{cluster, packages};
+use crate::{cargo, cluster, packages};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,7 +51,7 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         ),
     ];
     for (name, cargo_args) in checks {
-        if !step(&mut steps, name, || cargo(paths, cargo_args, &[]))? {
+        if !step(&mut steps, name, || cargo::run(paths, cargo_args, &[]))? {
             return Ok(summary(&steps));
         }
     }
@@ -60,9 +60,9 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
     let kubeconfig = paths.kubeconfig().display().to_string();
     // The integration tests run our daemons as real processes: build them first.
     let integration = step(&mut steps, "integration tests", || {
-        let built = cargo(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
+        let built = cargo::run(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
         Ok(built
-            && cargo(
+            && cargo::run(
                 paths,
                 &["test", "--package", "integration-tests", "--locked"],
                 &[("KUBECONFIG", &kubeconfig)],
@@ -88,17 +88,6 @@ fn step(steps: &mut Vec<Step>, name: &'static str, run: impl FnOnce() -> Result<
         println!("==> {name} FAILED");
     }
     Ok(passed)
-}
-
-fn cargo(paths: &Paths, args: &[&str], env: &[(&str, &str)]) -> Result<bool> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .current_dir(&paths.repo)
-        .args(args)
-        .envs(env.iter().copied())
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    Ok(status.success())
 }
 
 fn summary(steps: &[Step]) -> ExitCode {

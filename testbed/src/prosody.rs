@@ -1,0 +1,303 @@
+//! A real Prosody (Debian's 0.12) configured like the `jitsi/prosody` image — internal statistics,
+//! `mod_http_openmetrics`, a MUC component without room locking, our `mod_muc_census` — and real XMPP
+//! clients (slixmpp, from PyPI) that join its rooms.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use local_cluster::free_tcp_port;
+
+use crate::repo_root;
+
+pub const DOMAIN: &str = "meet.test";
+pub const MUC: &str = "conference.meet.test";
+
+#[derive(Clone, Debug)]
+pub struct ProsodyOptions {
+    /// `statistics = "internal"`; without it `/metrics` answers 404.
+    pub statistics: bool,
+    /// `openmetrics_allow_ips`; `None` keeps Prosody's default (localhost only).
+    pub openmetrics_allow_ips: Option<Vec<String>>,
+}
+
+impl Default for ProsodyOptions {
+    fn default() -> Self {
+        Self {
+            statistics: true,
+            openmetrics_allow_ips: None,
+        }
+    }
+}
+
+/// A running Prosody; killed when dropped.
+#[derive(Debug)]
+pub struct Prosody {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub c2s_port: u16,
+    pub http_port: u16,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+impl Prosody {
+    pub fn start(options: ProsodyOptions) -> Self {
+        let (c2s_port, http_port) = (
+            free_tcp_port().expect("a free port"),
+            free_tcp_port().expect("a free port"),
+        );
+        let dir = repo_root().join("target/prosody").join(format!("{http_port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).expect("creating the Prosody folder");
+        let modules = repo_root().join("manifests/components/prosody-muc-census");
+        let allow = options
+            .openmetrics_allow_ips
+            .map(|ips| {
+                format!(
+                    "openmetrics_allow_ips = {{ {} }}\n",
+                    ips.iter()
+                        .map(|ip| format!("{ip:?}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })
+            .unwrap_or_default();
+        let statistics = if options.statistics {
+            "statistics = \"internal\"\nstatistics_interval = \"manual\"\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            r#"-- Written by the integration tests: like the jitsi/prosody image, on loopback and free ports.
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+plugin_paths = {{ "{modules}" }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s_port} }}
+s2s_ports = {{ }}
+component_ports = {{ }}
+http_ports = {{ {http_port} }}
+http_interfaces = {{ "127.0.0.1" }}
+https_ports = {{ }}
+http_default_host = "{DOMAIN}"
+log = {{ info = "{dir}/prosody.log" }}
+{statistics}{allow}modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "http_openmetrics"; "bosh" }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+
+VirtualHost "{DOMAIN}"
+  authentication = "anonymous"
+  modules_enabled = {{ "muc_census" }}
+
+Component "{MUC}" "muc"
+  muc_room_locking = false
+"#,
+            dir = dir.display(),
+            modules = modules.display(),
+        );
+        let config_path = dir.join("prosody.cfg.lua");
+        std::fs::write(&config_path, config).expect("writing the Prosody config");
+        // Prosody run as root breaks modules: run it as its own user (setpriv execs, so the child is
+        // Prosody itself and killing it stops Prosody).
+        let mut command = if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "prosody:"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of {} failed", dir.display());
+            let mut command = Command::new("setpriv");
+            command.args([
+                "--reuid=prosody",
+                "--regid=prosody",
+                "--clear-groups",
+                "--",
+                "prosody",
+            ]);
+            command
+        } else {
+            Command::new("prosody")
+        };
+        let log = std::fs::File::create(dir.join("stdout.log")).expect("log file");
+        let child = command
+            .args(["-F", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            // Its own process group: a Ctrl-C at the terminal (the demo) is for us to handle; drop stops it.
+            .process_group(0)
+            .spawn()
+            .expect("starting prosody (Debian package prosody; cargo xtask test installs it)");
+        let mut prosody = Self {
+            child: Some(child),
+            dir,
+            c2s_port,
+            http_port,
+        };
+        prosody.wait_listening();
+        prosody
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = [self.c2s_port, self.http_port]
+                .iter()
+                .all(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok());
+            if up {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("prosody exited ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prosody did not listen within 20 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn log(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        format!("{}{}", read("stdout.log"), read("prosody.log"))
+    }
+
+    /// Kills Prosody at once, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The Python with slixmpp installed (a virtualenv under `target/`, made once).
+pub fn xmpp_python() -> PathBuf {
+    static MADE: Mutex<()> = Mutex::new(());
+    let _guard = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let venv = repo_root().join("target/xmpp-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(".slixmpp-1.17.0");
+    if !ready.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(status.success(), "creating {} failed", venv.display());
+        let status = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "slixmpp==1.17.0",
+            ])
+            .status()
+            .expect("pip install slixmpp");
+        assert!(status.success(), "pip install slixmpp==1.17.0 failed");
+        std::fs::write(&ready, "").expect("marker");
+    }
+    python
+}
+
+/// Anonymous XMPP users sitting in rooms (`testbed/xmpp/occupants.py`); they leave when dropped.
+#[derive(Debug)]
+pub struct Occupants {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Occupants {
+    /// Joins `rooms` (`(name, occupants)`) and returns once everyone is in.
+    pub fn join(prosody: &Prosody, rooms: &[(&str, usize)]) -> Self {
+        let spec = rooms
+            .iter()
+            .map(|(room, count)| format!("{room}={count}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut child = Command::new(xmpp_python())
+            .arg(repo_root().join("testbed/xmpp/occupants.py"))
+            .args([
+                "--port",
+                &prosody.c2s_port.to_string(),
+                "--domain",
+                DOMAIN,
+                "--muc",
+                MUC,
+                "--rooms",
+                &spec,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("starting the XMPP clients");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut occupants = Self { child, stdin, stdout };
+        occupants.expect_line("ready");
+        occupants
+    }
+
+    fn expect_line(&mut self, wanted: &str) {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = self
+                .stdout
+                .read_line(&mut line)
+                .expect("reading the XMPP clients");
+            assert!(read > 0, "the XMPP clients exited before saying {wanted:?}");
+            if line.trim() == wanted {
+                return;
+            }
+        }
+    }
+
+    /// Every occupant of `room` disconnects; returns once they have.
+    pub fn leave(&mut self, room: &str) {
+        writeln!(self.stdin, "leave {room}").expect("telling the XMPP clients");
+        self.expect_line(&format!("left {room}"));
+    }
+}
+
+impl Drop for Occupants {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
