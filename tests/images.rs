@@ -1,6 +1,6 @@
-//! The Dockerfiles and the manifests agree: every daemon's image is built static on distroless "static"
-//! as the numeric nonroot user the manifests run it as, with the entrypoint the manifests call, and the
-//! manifests pin the workspace's version of it.
+//! The Dockerfile and the manifests agree: every daemon's image is built static on distroless "static"
+//! as the numeric nonroot user the manifests run it as, the entrypoint is the daemon, and the manifests
+//! pin the workspace's version of it.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -35,17 +35,23 @@ fn containers(objects: &[Value]) -> Vec<Value> {
 fn each_daemon_image_is_static_distroless_nonroot_and_pinned_at_the_workspace_version() {
     let objects = manifests::render_overlay("render-only", "manifests/overlays/production", &[]);
     let containers = containers(&objects);
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    for needle in [
+        "FROM gcr.io/distroless/static-debian12:nonroot",
+        "USER 65532:65532",
+        "ENTRYPOINT [\"/usr/local/bin/entrypoint\"]",
+        "ln -s \"${DAEMON}\" /out/usr/local/bin/entrypoint",
+        "-p \"${DAEMON}\" --bin \"${DAEMON}\"",
+        "unknown-linux-musl",
+    ] {
+        assert!(dockerfile.contains(needle), "the Dockerfile lacks {needle}");
+    }
     for daemon in DAEMONS {
-        let dockerfile = std::fs::read_to_string(repo_root().join(daemon).join("Dockerfile")).unwrap();
-        for needle in [
-            "FROM gcr.io/distroless/static-debian12:nonroot".to_owned(),
-            "USER 65532:65532".to_owned(),
-            format!("ENTRYPOINT [\"/usr/local/bin/{daemon}\"]"),
-            format!("-p {daemon} --bin {daemon}"),
-            "unknown-linux-musl".to_owned(),
-        ] {
-            assert!(dockerfile.contains(&needle), "{daemon}/Dockerfile lacks {needle}");
-        }
+        // The build refuses any other name.
+        assert!(
+            dockerfile.contains(&format!("{daemon}|")) || dockerfile.contains(&format!("|{daemon})")),
+            "{daemon} is not among the Dockerfile's daemons"
+        );
         let image = format!("{REGISTRY}/{daemon}:{}", env!("CARGO_PKG_VERSION"));
         let users: Vec<&Value> = containers
             .iter()

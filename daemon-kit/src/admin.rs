@@ -11,12 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
+#[cfg(feature = "registry")]
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+#[cfg(feature = "registry")]
 use prometheus_client::registry::Registry;
 
 /// The content type of what `prometheus_client` encodes.
+#[cfg(feature = "registry")]
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Whether the daemon is ready to serve; shared between the daemon's logic and `/readyz`.
@@ -34,6 +38,7 @@ impl Readiness {
 }
 
 /// The admin routes. Daemons whose main listener is the admin listener merge their own routes into it.
+#[cfg(feature = "registry")]
 pub fn router(readiness: Readiness, registry: Arc<Registry>) -> Router {
     health_router(readiness).merge(Router::new().route("/metrics", get(metrics)).with_state(registry))
 }
@@ -54,6 +59,7 @@ async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
     }
 }
 
+#[cfg(feature = "registry")]
 async fn metrics(State(registry): State<Arc<Registry>>) -> axum::response::Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &registry) {
@@ -116,6 +122,7 @@ impl BoundServer {
 }
 
 #[cfg(test)]
+#[cfg(feature = "registry")]
 mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;

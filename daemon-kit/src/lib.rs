@@ -1,17 +1,26 @@
 //! The skeleton every daemon of this project shares, so that each one only wires its own logic:
-//! logging flags and tracing set-up ([`telemetry`]), the admin HTTP server with `/livez`, `/readyz` and
-//! `/metrics` ([`admin`]), the Prometheus text encoder of the exporters ([`exposition`]), and the signal
-//! handling for a graceful stop ([`shutdown`]).
+//! logging flags and tracing set-up ([`telemetry`]) and flag parsers ([`flags`]) for all; behind the
+//! `server` feature the admin HTTP server with `/livez` and `/readyz` ([`admin`]) and the signal handling
+//! for a graceful stop ([`shutdown`]); behind `registry` a `/metrics` from a prometheus-client registry;
+//! behind `exporter` what both exporters are made of ([`exporter`], [`exposition`]).
 
+#[cfg(feature = "server")]
 pub mod admin;
+#[cfg(feature = "exporter")]
+pub mod exporter;
+#[cfg(feature = "exporter")]
 pub mod exposition;
 pub mod flags;
+#[cfg(feature = "server")]
 pub mod shutdown;
 pub mod telemetry;
 
+#[cfg(feature = "server")]
 use std::net::SocketAddr;
+#[cfg(feature = "server")]
 use std::process::ExitCode;
 
+#[cfg(feature = "server")]
 /// Runs an HTTP daemon whose only listener is `listen` (the exporters): a one-thread runtime — each
 /// request is a little work between two local fetches — signal handling, ready as soon as the listener is
 /// bound, served until the first stop signal. Every failure is logged as one line and gives a non-zero

@@ -41,6 +41,10 @@ pub struct Cli {
     #[arg(long, env = "TIMEOUT", default_value = "3s", value_parser = daemon_kit::flags::parse_duration)]
     pub timeout: Duration,
 
+    /// Largest body read from the bridge; a larger one is a failed scrape (reason `too_large`).
+    #[arg(long, env = "BODY_LIMIT", default_value = "4MiB", value_parser = daemon_kit::flags::parse_bytes)]
+    pub body_limit: usize,
+
     /// What to export.
     #[arg(long, env = "SOURCE", value_enum, default_value_t = Source::Colibri)]
     pub source: Source,

@@ -2,15 +2,14 @@
 //! Prometheus metrics, correct (counters are counters) and never dark (a failing bridge gives
 //! `jitsi_up 0`, never an error page or stale values).
 //!
-//! [`fields`], [`convert`] and [`exposition`] are the pure core; [`scrape`] talks to the bridge;
-//! [`server`] serves `/metrics`, `/livez`, `/readyz`.
+//! [`fields`], [`convert`] and [`exposition`] are the pure core; [`scrape`] talks to the bridge; the HTTP
+//! side (`/metrics`, `/livez`, `/readyz`) is daemon-kit's exporter skeleton.
 
 pub mod cli;
 pub mod convert;
 pub mod exposition;
 pub mod fields;
 pub mod scrape;
-pub mod server;
 
 #[cfg(test)]
 mod property_tests;

@@ -10,7 +10,13 @@ fn main() -> ExitCode {
         eprintln!("jvb-exporter: {error}");
         return ExitCode::from(2);
     }
-    let exporter = match Exporter::new(&cli.jvb_url, cli.timeout, cli.source, cli.legacy_names) {
+    let exporter = match Exporter::new(
+        &cli.jvb_url,
+        cli.timeout,
+        cli.body_limit,
+        cli.source,
+        cli.legacy_names,
+    ) {
         Ok(exporter) => exporter,
         Err(error) => {
             tracing::error!("cannot build the HTTP client: {error}");
@@ -20,6 +26,6 @@ fn main() -> ExitCode {
     // One thread (daemon-kit's choice): a thread pool cost more CPU per scrape than it saved (measured with
     // `cargo xtask bench exporter`).
     daemon_kit::run_http_daemon(cli.listen, |readiness| {
-        jvb_exporter::server::router(exporter, readiness)
+        daemon_kit::exporter::router(exporter, readiness)
     })
 }

@@ -3,17 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use axum::body::Bytes;
+use daemon_kit::exporter::{ErrorCounts, FetchError, SingleFlight, Upstream};
 use serde_json::{Map, Value};
 
 use crate::cli::Source;
 use crate::convert::{NameCache, convert_cached};
-use crate::exposition::{
-    Family, Sample, Type, build_info, encode, errors_by_source_and_reason, gauge, native_jvb_families,
-};
+use crate::exposition::{Family, Sample, Type, build_info, encode, gauge, native_jvb_families};
 
 /// Why a fetch from the bridge failed: a bounded set, the label of `jitsi_exporter_scrape_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,6 +19,7 @@ pub enum Reason {
     Timeout,
     Connect,
     HttpStatus,
+    TooLarge,
     NotJson,
     NotAnObject,
     NotText,
@@ -28,10 +27,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Timeout,
         Reason::Connect,
         Reason::HttpStatus,
+        Reason::TooLarge,
         Reason::NotJson,
         Reason::NotAnObject,
         Reason::NotText,
@@ -43,6 +43,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::Connect => "connect",
             Reason::HttpStatus => "http_status",
+            Reason::TooLarge => "too_large",
             Reason::NotJson => "not_json",
             Reason::NotAnObject => "not_an_object",
             Reason::NotText => "not_text",
@@ -51,25 +52,29 @@ impl Reason {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    /// (source, reason) → failures.
-    scrape_errors: BTreeMap<(&'static str, &'static str), u64>,
-    field_errors: BTreeMap<&'static str, u64>,
+impl From<FetchError> for Reason {
+    fn from(error: FetchError) -> Self {
+        match error {
+            FetchError::Timeout => Reason::Timeout,
+            FetchError::Connect => Reason::Connect,
+            FetchError::Status(_) => Reason::HttpStatus,
+            FetchError::TooLarge => Reason::TooLarge,
+            FetchError::ReadBody => Reason::ReadBody,
+        }
+    }
 }
-
-type Scrape = Shared<BoxFuture<'static, Arc<String>>>;
 
 #[derive(Debug)]
 pub struct Exporter {
-    client: reqwest::Client,
+    upstream: Upstream,
     stats_url: String,
     native_url: String,
     source: Source,
     legacy_names: bool,
-    counters: Mutex<Counters>,
+    scrape_errors: ErrorCounts,
+    field_errors: Mutex<BTreeMap<&'static str, u64>>,
     names: Mutex<NameCache>,
-    in_flight: Mutex<Option<Scrape>>,
+    in_flight: SingleFlight<Bytes>,
 }
 
 const ACCEPT_TEXT: &str = "text/plain; version=0.0.4";
@@ -77,55 +82,23 @@ const ACCEPT_TEXT: &str = "text/plain; version=0.0.4";
 impl Exporter {
     pub fn new(
         jvb_url: &str,
-        timeout: std::time::Duration,
+        timeout: Duration,
+        body_limit: usize,
         source: Source,
         legacy_names: bool,
     ) -> Result<Arc<Self>, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()?;
         let base = jvb_url.trim_end_matches('/');
         Ok(Arc::new(Self {
-            client,
+            upstream: Upstream::new(timeout, body_limit)?,
             stats_url: format!("{base}/colibri/stats"),
             native_url: format!("{base}/metrics"),
             source,
             legacy_names,
-            counters: Mutex::default(),
+            scrape_errors: ErrorCounts::default(),
+            field_errors: Mutex::default(),
             names: Mutex::default(),
-            in_flight: Mutex::default(),
+            in_flight: SingleFlight::default(),
         }))
-    }
-
-    /// The exposition text. Scrapes that arrive while one is in flight share its result, so the bridge
-    /// sees one request however many Prometheus replicas scrape at once.
-    pub async fn metrics(self: &Arc<Self>) -> Arc<String> {
-        let scrape = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match in_flight.as_ref() {
-                Some(scrape) => scrape.clone(),
-                None => {
-                    let this = Arc::clone(self);
-                    let scrape = async move {
-                        let text = Arc::new(this.scrape().await);
-                        this.in_flight
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .take();
-                        text
-                    }
-                    .boxed()
-                    .shared();
-                    *in_flight = Some(scrape.clone());
-                    scrape
-                }
-            }
-        };
-        scrape.await
     }
 
     async fn scrape(&self) -> String {
@@ -178,18 +151,8 @@ impl Exporter {
     }
 
     async fn fetch_stats(&self) -> Result<Map<String, Value>, Reason> {
-        let response = self.client.get(&self.stats_url).send().await.map_err(classify)?;
-        if !response.status().is_success() {
-            return Err(Reason::HttpStatus);
-        }
-        let body = response.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                Reason::Timeout
-            } else {
-                Reason::ReadBody
-            }
-        })?;
-        match serde_json::from_slice::<Value>(&body) {
+        let fetched = self.upstream.get(&self.stats_url, None).await?;
+        match serde_json::from_slice::<Value>(&fetched.body) {
             Ok(Value::Object(stats)) => Ok(stats),
             Ok(_) => Err(Reason::NotAnObject),
             Err(_) => Err(Reason::NotJson),
@@ -198,58 +161,36 @@ impl Exporter {
 
     async fn fetch_native(&self) -> Result<String, Reason> {
         // Without this header older bridges answer JSON.
-        let request = self
-            .client
-            .get(&self.native_url)
-            .header(reqwest::header::ACCEPT, ACCEPT_TEXT);
-        let response = request.send().await.map_err(classify)?;
-        if !response.status().is_success() {
-            return Err(Reason::HttpStatus);
-        }
-        let is_json = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
-        let text = response.text().await.map_err(|e| {
-            if e.is_timeout() {
-                Reason::Timeout
-            } else {
-                Reason::ReadBody
-            }
-        })?;
+        let fetched = self.upstream.get(&self.native_url, Some(ACCEPT_TEXT)).await?;
+        let is_json = fetched
+            .content_type
+            .as_deref()
+            .is_some_and(|value| value.contains("json"));
+        let text = String::from_utf8_lossy(&fetched.body);
         if is_json || text.trim_start().starts_with('{') {
             return Err(Reason::NotText);
         }
-        Ok(text)
+        Ok(text.into_owned())
     }
 
     fn count_scrape_error(&self, source: &'static str, reason: Reason) {
-        tracing::debug!(source, reason = reason.as_str(), "scrape of the bridge failed");
-        if let Ok(mut counters) = self.counters.lock() {
-            *counters
-                .scrape_errors
-                .entry((source, reason.as_str()))
-                .or_insert(0) += 1;
-        }
+        self.scrape_errors.count(source, reason.as_str());
     }
 
     fn count_field_errors(&self, fields: &[&'static str]) {
         if fields.is_empty() {
             return;
         }
-        if let Ok(mut counters) = self.counters.lock() {
-            for field in fields {
-                *counters.field_errors.entry(field).or_insert(0) += 1;
-            }
+        let mut counts = self
+            .field_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for field in fields {
+            *counts.entry(field).or_insert(0) += 1;
         }
     }
 
     fn own_families(&self, up: bool, duration: f64) -> Vec<Family> {
-        let counters = self
-            .counters
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut sources = Vec::new();
         if self.source.colibri() {
             sources.push("colibri");
@@ -269,28 +210,24 @@ impl Exporter {
                 duration,
             ),
             build_info("jitsi_exporter_build_info", env!("CARGO_PKG_VERSION")),
-            errors_by_source_and_reason(
+            self.scrape_errors.family(
                 "jitsi_exporter_scrape_errors_total",
                 "Failed fetches from the bridge, by source and reason",
                 &sources,
                 &Reason::ALL.map(Reason::as_str),
-                |source, reason| {
-                    counters
-                        .scrape_errors
-                        .get(&(source, reason))
-                        .copied()
-                        .unwrap_or(0)
-                },
             ),
         ];
-        if !counters.field_errors.is_empty() {
+        let field_errors = self
+            .field_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !field_errors.is_empty() {
             families.push(Family {
                 name: "jitsi_exporter_field_errors_total".to_owned(),
                 help: "Stats fields skipped for an unexpected type, by field (known names, or other)"
                     .to_owned(),
                 kind: Type::Counter,
-                samples: counters
-                    .field_errors
+                samples: field_errors
                     .iter()
                     .map(|(field, count)| Sample::labelled("field", field, *count as f64))
                     .collect(),
@@ -300,10 +237,13 @@ impl Exporter {
     }
 }
 
-fn classify(error: reqwest::Error) -> Reason {
-    if error.is_timeout() {
-        Reason::Timeout
-    } else {
-        Reason::Connect
+impl daemon_kit::exporter::Exporter for Exporter {
+    /// The exposition text. Scrapes that arrive while one is in flight share its result, so the bridge
+    /// sees one request however many Prometheus replicas scrape at once.
+    async fn metrics(self: Arc<Self>) -> Bytes {
+        let this = Arc::clone(&self);
+        self.in_flight
+            .run(|| async move { Bytes::from(this.scrape().await) })
+            .await
     }
 }

@@ -118,27 +118,3 @@ pub struct InstallArgs {
     /// The folder to copy the binary into (as `jvb-startup`).
     pub dir: PathBuf,
 }
-
-/// `30000-32767` → (30000, 32767).
-pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
-    let invalid = || format!("--node-port-range {text:?} is not a port range like 30000-32767");
-    let (first, last) = text.trim().split_once('-').ok_or_else(invalid)?;
-    let first: u16 = first.trim().parse().map_err(|_| invalid())?;
-    let last: u16 = last.trim().parse().map_err(|_| invalid())?;
-    if first == 0 || first > last {
-        return Err(invalid());
-    }
-    Ok((first, last))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_ranges() {
-        assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
-        assert!(parse_port_range("32767-30000").is_err());
-        assert!(parse_port_range("30000").is_err());
-    }
-}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::bridge_api::{BridgeApi, Failure};
 use crate::cli::DrainArgs;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +86,8 @@ enum Poll {
 
 pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
     let base = args.jvb_url.trim_end_matches('/').to_owned();
-    reqwest::Url::parse(&base).map_err(|_| DrainError::BadUrl(args.jvb_url.clone()))?;
-    let client = reqwest::Client::builder()
-        .timeout(args.request_timeout)
-        .connect_timeout(args.request_timeout)
-        .build()
-        .map_err(|e| DrainError::Runtime(e.to_string()))?;
+    let api =
+        BridgeApi::new(&base, args.request_timeout).map_err(|_| DrainError::BadUrl(args.jvb_url.clone()))?;
     let started = Instant::now();
 
     let (what, path, body) = if args.drain_only {
@@ -102,14 +99,8 @@ pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
             Some(r#"{"graceful-shutdown": true}"#),
         )
     };
-    let mut request = client.post(format!("{base}{path}"));
-    if let Some(body) = body {
-        request = request
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-    }
-    match request.send().await {
-        Err(error) if error.is_connect() => {
+    match api.post_json(path, body.unwrap_or_default()).await {
+        Err(Failure::Refused) => {
             tracing::info!(url = %base, "the bridge is not running: nothing to drain");
             return Ok(Outcome::NotRunning);
         }
@@ -117,26 +108,23 @@ pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
             // A bridge too busy to answer in time still got the request or will get the next signal.
             tracing::warn!(%error, "the {what} request got no answer; waiting for the bridge anyway");
         }
-        Ok(response) if response.status().is_success() => tracing::info!("{what} requested"),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let is_html = response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/html"));
-            let text = response.text().await.unwrap_or_default();
-            if status == 404 && (is_html || text.trim_start().starts_with('<')) {
+        Ok(answer) if answer.is_success() => tracing::info!("{what} requested"),
+        Ok(answer) => {
+            if answer.status == 404 && answer.is_html() {
                 return Err(DrainError::RestDisabled { what });
             }
-            let body: String = text.chars().take(200).collect();
-            return Err(DrainError::Refused { what, status, body });
+            let body: String = answer.text().chars().take(200).collect();
+            return Err(DrainError::Refused {
+                what,
+                status: answer.status,
+                body,
+            });
         }
     }
 
     let mut last_known = None;
     loop {
-        match poll(&client, &base).await {
+        match poll(&api).await {
             Poll::Gone => {
                 tracing::info!(elapsed = ?started.elapsed(), "the bridge stopped answering: it has exited");
                 return Ok(Outcome::BridgeGone);
@@ -176,20 +164,16 @@ pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
     }
 }
 
-async fn poll(client: &reqwest::Client, base: &str) -> Poll {
-    let response = match client.get(format!("{base}/colibri/stats")).send().await {
-        Ok(response) => response,
-        Err(error) if error.is_timeout() => return Poll::Slow,
+async fn poll(api: &BridgeApi) -> Poll {
+    let answer = match api.get("/colibri/stats").await {
+        Ok(answer) => answer,
+        Err(Failure::Timeout) => return Poll::Slow,
         Err(_) => return Poll::Gone,
     };
-    let status = response.status();
-    let Ok(bytes) = response.bytes().await else {
-        return Poll::Gone;
-    };
-    if !status.is_success() {
-        return Poll::NoStats(format!("HTTP {}", status.as_u16()));
+    if !answer.is_success() {
+        return Poll::NoStats(format!("HTTP {}", answer.status));
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(&answer.body) {
         Ok(stats) => Poll::Stats(stats),
         Err(_) => Poll::NoStats("not JSON".to_owned()),
     }

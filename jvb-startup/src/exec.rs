@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use crate::cli::{ExecArgs, Output, parse_port_range};
+use crate::cli::{ExecArgs, Output};
 use crate::plan::{Inputs, NodeLookup, Plan, PlanError, plan};
 use crate::{hocon, node};
 
@@ -34,7 +34,10 @@ impl ExecError {
 
 /// Reads the inputs `args` does not carry (HOSTNAME, JVB_MUC_NICKNAME) and looks the Node up if asked.
 fn gather(args: &ExecArgs) -> Result<Inputs, ExecError> {
-    let node_port_range = parse_port_range(&args.node_port_range).map_err(ExecError::Usage)?;
+    let node_port_range: crate::plan::NodePortRange = args
+        .node_port_range
+        .parse()
+        .map_err(|why| ExecError::Usage(format!("--node-port-range {why}")))?;
     let node =
         if args.advertise_from_node && args.advertise_ip.as_deref().is_none_or(|ip| ip.trim().is_empty()) {
             // A small runtime just for this one request, gone before the exec.

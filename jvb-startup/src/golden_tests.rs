@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::hocon;
-use crate::plan::{Inputs, NodeLookup, plan};
+use crate::plan::{Inputs, NodeLookup, NodePortRange, plan};
 
 fn inputs() -> Inputs {
     Inputs {
@@ -15,7 +15,7 @@ fn inputs() -> Inputs {
         node: NodeLookup::NotRequested,
         host_ip: Some("192.0.2.10".into()),
         muc_nickname: None,
-        node_port_range: (30000, 32767),
+        node_port_range: NodePortRange::default(),
     }
 }
 

@@ -7,6 +7,7 @@
 //!   ([`drain`]).
 //! - `install`: copies this binary into a shared volume, from an init container.
 
+pub mod bridge_api;
 pub mod cli;
 pub mod drain;
 pub mod exec;

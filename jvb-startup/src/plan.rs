@@ -4,6 +4,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+pub use daemon_kit::flags::NodePortRange;
+
 /// What the bridge is told about its public address, and where that came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -57,7 +59,7 @@ pub struct Inputs {
     /// `JVB_MUC_NICKNAME` if already set: kept.
     pub muc_nickname: Option<String>,
     /// The cluster's NodePort range: a port outside it only warns (the bridge may be reached otherwise).
-    pub node_port_range: (u16, u16),
+    pub node_port_range: NodePortRange,
 }
 
 /// What `exec` will do.
@@ -148,10 +150,10 @@ pub fn plan(inputs: &Inputs) -> Result<Plan, PlanError> {
     })?;
 
     let mut warnings = Vec::new();
-    let (first, last) = inputs.node_port_range;
-    if !(first..=last).contains(&port) {
+    let range = inputs.node_port_range;
+    if !range.contains(port) {
         warnings.push(format!(
-            "port {port} is outside the NodePort range {first}-{last}: no per-pod NodePort Service can expose it"
+            "port {port} is outside the NodePort range {range}: no per-pod NodePort Service can expose it"
         ));
     }
 

@@ -33,6 +33,10 @@ pub struct Cli {
     #[arg(long, env = "TIMEOUT", default_value = "2s", value_parser = daemon_kit::flags::parse_duration)]
     pub timeout: Duration,
 
+    /// Largest body read from Prosody; a larger one is a failed scrape (reason `too_large`).
+    #[arg(long, env = "BODY_LIMIT", default_value = "8MiB", value_parser = daemon_kit::flags::parse_bytes)]
+    pub body_limit: usize,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -12,7 +12,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let census_path = (!cli.no_census).then_some(cli.census_path.as_str());
-    let exporter = match Exporter::new(&cli.prosody_url, &cli.metrics_path, census_path, cli.timeout) {
+    let exporter = match Exporter::new(
+        &cli.prosody_url,
+        &cli.metrics_path,
+        census_path,
+        cli.timeout,
+        cli.body_limit,
+    ) {
         Ok(exporter) => Arc::new(exporter),
         Err(error) => {
             tracing::error!("cannot build the HTTP client: {error}");
@@ -20,6 +26,6 @@ fn main() -> ExitCode {
         }
     };
     daemon_kit::run_http_daemon(cli.listen, |readiness| {
-        prosody_exporter::server::router(exporter, readiness)
+        daemon_kit::exporter::router(exporter, readiness)
     })
 }

@@ -1,11 +1,13 @@
 //! One scrape: Prosody's metrics and the census fetched concurrently; a failing source gives its `up`
 //! metric 0 and a counted reason, never an error response and never stale values.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use daemon_kit::exposition::{Family, Sample, Type, build_info, encode, errors_by_source_and_reason, gauge};
+use axum::body::Bytes;
+use daemon_kit::exporter::{ErrorCounts, FetchError, SingleFlight, Upstream};
+use daemon_kit::exposition::{Family, Sample, Type, build_info, encode, gauge};
 
 use crate::census;
 use crate::openmetrics;
@@ -20,6 +22,8 @@ pub enum Reason {
     /// 404: statistics off, or no census module.
     NotFound,
     HttpStatus,
+    /// The body was larger than `--body-limit`.
+    TooLarge,
     NotJson,
     NotCensus,
     /// A 200 whose body has no metric at all (a proxy's page, garbage).
@@ -28,12 +32,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    const ALL: [Reason; 9] = [
+    const ALL: [Reason; 10] = [
         Reason::Timeout,
         Reason::Connect,
         Reason::Forbidden,
         Reason::NotFound,
         Reason::HttpStatus,
+        Reason::TooLarge,
         Reason::NotJson,
         Reason::NotCensus,
         Reason::NotOpenMetrics,
@@ -47,6 +52,7 @@ impl Reason {
             Reason::Forbidden => "forbidden",
             Reason::NotFound => "not_found",
             Reason::HttpStatus => "http_status",
+            Reason::TooLarge => "too_large",
             Reason::NotJson => "not_json",
             Reason::NotCensus => "not_census",
             Reason::NotOpenMetrics => "not_openmetrics",
@@ -55,14 +61,28 @@ impl Reason {
     }
 }
 
+impl From<FetchError> for Reason {
+    fn from(error: FetchError) -> Self {
+        match error {
+            FetchError::Timeout => Reason::Timeout,
+            FetchError::Connect => Reason::Connect,
+            FetchError::Status(403) => Reason::Forbidden,
+            FetchError::Status(404) => Reason::NotFound,
+            FetchError::Status(_) => Reason::HttpStatus,
+            FetchError::TooLarge => Reason::TooLarge,
+            FetchError::ReadBody => Reason::ReadBody,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Exporter {
-    client: reqwest::Client,
+    upstream: Upstream,
     metrics_url: String,
     census_url: Option<String>,
-    /// (source, reason) → failures.
-    errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    skipped_lines: Mutex<u64>,
+    errors: ErrorCounts,
+    skipped_lines: AtomicU64,
+    in_flight: SingleFlight<Bytes>,
 }
 
 impl Exporter {
@@ -71,22 +91,21 @@ impl Exporter {
         metrics_path: &str,
         census_path: Option<&str>,
         timeout: Duration,
+        body_limit: usize,
     ) -> Result<Self, reqwest::Error> {
         let base = prosody_url.trim_end_matches('/');
         let path = |p: &str| format!("{base}/{}", p.trim_start_matches('/'));
         Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .build()?,
+            upstream: Upstream::new(timeout, body_limit)?,
             metrics_url: path(metrics_path),
             census_url: census_path.map(path),
-            errors: Mutex::default(),
-            skipped_lines: Mutex::default(),
+            errors: ErrorCounts::default(),
+            skipped_lines: AtomicU64::new(0),
+            in_flight: SingleFlight::default(),
         })
     }
 
-    pub async fn metrics(&self) -> String {
+    async fn scrape(&self) -> String {
         let started = Instant::now();
         let census = async {
             match &self.census_url {
@@ -100,11 +119,8 @@ impl Exporter {
         let prosody_up = match prosody {
             Ok(text) => {
                 let parsed = openmetrics::parse(&String::from_utf8_lossy(&text));
-                if parsed.skipped_lines > 0
-                    && let Ok(mut skipped) = self.skipped_lines.lock()
-                {
-                    *skipped += parsed.skipped_lines as u64;
-                }
+                self.skipped_lines
+                    .fetch_add(parsed.skipped_lines as u64, Ordering::Relaxed);
                 // Odd lines are skipped, but a body with nothing usable is not Prosody speaking.
                 if parsed.families.is_empty() && parsed.skipped_lines > 0 {
                     self.count("prosody", Reason::NotOpenMetrics);
@@ -149,40 +165,16 @@ impl Exporter {
         out
     }
 
-    async fn fetch(&self, url: &str) -> Result<Vec<u8>, Reason> {
-        let response = self.client.get(url).send().await.map_err(|e| {
-            if e.is_timeout() {
-                Reason::Timeout
-            } else {
-                Reason::Connect
-            }
-        })?;
-        match response.status().as_u16() {
-            200..=299 => {}
-            403 => return Err(Reason::Forbidden),
-            404 => return Err(Reason::NotFound),
-            _ => return Err(Reason::HttpStatus),
-        }
-        let body = response.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                Reason::Timeout
-            } else {
-                Reason::ReadBody
-            }
-        })?;
-        Ok(body.to_vec())
+    async fn fetch(&self, url: &str) -> Result<Bytes, Reason> {
+        Ok(self.upstream.get(url, None).await?.body)
     }
 
     fn count(&self, source: &'static str, reason: Reason) {
-        tracing::debug!(source, reason = reason.as_str(), "fetch from Prosody failed");
-        if let Ok(mut errors) = self.errors.lock() {
-            *errors.entry((source, reason.as_str())).or_insert(0) += 1;
-        }
+        self.errors.count(source, reason.as_str());
     }
 
     fn own_families(&self, prosody_up: bool, census_up: Option<bool>, duration: f64) -> Vec<Family> {
         let up = |value: bool| if value { 1.0 } else { 0.0 };
-        let errors = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
         let mut sources = vec!["prosody"];
         let mut families = vec![gauge(
             "prosody_up",
@@ -197,7 +189,7 @@ impl Exporter {
                 up(census_up),
             ));
         }
-        let skipped = self.skipped_lines.lock().map(|s| *s).unwrap_or(0);
+        let skipped = self.skipped_lines.load(Ordering::Relaxed);
         families.extend([
             gauge(
                 "prosody_exporter_scrape_duration_seconds",
@@ -205,12 +197,11 @@ impl Exporter {
                 duration,
             ),
             build_info("prosody_exporter_build_info", env!("CARGO_PKG_VERSION")),
-            errors_by_source_and_reason(
+            self.errors.family(
                 "prosody_exporter_scrape_errors_total",
                 "Failed fetches from Prosody, by source and reason",
                 &sources,
                 &Reason::ALL.map(Reason::as_str),
-                |source, reason| errors.get(&(source, reason)).copied().unwrap_or(0),
             ),
             Family {
                 name: "prosody_exporter_skipped_lines_total".to_owned(),
@@ -220,5 +211,16 @@ impl Exporter {
             },
         ]);
         families
+    }
+}
+
+impl daemon_kit::exporter::Exporter for Exporter {
+    /// Scrapes that arrive while one is in flight share its result: Prosody's one thread also carries
+    /// the shard's signalling, so a flood of scrapes must not become a flood of requests to it.
+    async fn metrics(self: Arc<Self>) -> Bytes {
+        let this = Arc::clone(&self);
+        self.in_flight
+            .run(|| async move { Bytes::from(this.scrape().await) })
+            .await
     }
 }

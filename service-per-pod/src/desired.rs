@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -17,48 +16,7 @@ pub const STATEFULSET_LABEL: &str = "service-per-pod/statefulset";
 /// The label selector of every Service this controller manages.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=service-per-pod";
 
-/// The node ports the API server allows (`--service-node-port-range`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NodePortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl Default for NodePortRange {
-    fn default() -> Self {
-        Self {
-            first: 30000,
-            last: 32767,
-        }
-    }
-}
-
-impl NodePortRange {
-    pub fn contains(&self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
-    }
-}
-
-impl fmt::Display for NodePortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
-    }
-}
-
-impl FromStr for NodePortRange {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || format!("{text:?} is not a port range like 30000-32767");
-        let (first, last) = text.trim().split_once('-').ok_or_else(invalid)?;
-        let first: u16 = first.trim().parse().map_err(|_| invalid())?;
-        let last: u16 = last.trim().parse().map_err(|_| invalid())?;
-        if first == 0 || first > last {
-            return Err(invalid());
-        }
-        Ok(Self { first, last })
-    }
-}
+pub use daemon_kit::flags::NodePortRange;
 
 /// A StatefulSet's namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -372,27 +330,6 @@ mod tests {
             base_port,
             protocols: vec![Protocol::Udp],
             selector_label: DEFAULT_LABEL.to_owned(),
-        }
-    }
-
-    #[test]
-    fn node_port_range_parses_and_refuses_nonsense() {
-        assert_eq!(
-            "30000-32767".parse(),
-            Ok(NodePortRange {
-                first: 30000,
-                last: 32767
-            })
-        );
-        assert_eq!(
-            " 1 - 65535 ".parse(),
-            Ok(NodePortRange {
-                first: 1,
-                last: 65535
-            })
-        );
-        for bad in ["", "30000", "32767-30000", "0-10", "a-b", "30000-70000"] {
-            assert!(bad.parse::<NodePortRange>().is_err(), "{bad}");
         }
     }
 

@@ -26,6 +26,7 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         ("prosody", "prosody"),
         ("dnsmasq", "dnsmasq-base"),
     ])?;
+    packages::ensure_python_venv()?;
     println!("==> local control plane (built from the Go module proxy the first time: a few minutes)");
     let started_cluster = cluster::up(paths)?;
     println!("==> building the daemons and the demo (cargo; minutes when cold)");

@@ -1,5 +1,6 @@
-//! `cargo xtask images`: builds the container image of each daemon from its Dockerfile, where a Docker
-//! engine is reachable; says so plainly and builds nothing where there is none.
+//! `cargo xtask images`: builds the container image of each daemon from the one `Dockerfile` (build
+//! argument `DAEMON`), where a Docker engine is reachable; says so plainly and builds nothing where there
+//! is none.
 
 use std::process::{Command, ExitCode};
 
@@ -7,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::paths::Paths;
 
-/// The daemons that ship as images; each has `<name>/Dockerfile`.
+/// The daemons that ship as images, each built by `Dockerfile` with `--build-arg DAEMON=<name>`.
 pub const DAEMONS: [&str; 4] = [
     "service-per-pod",
     "jvb-startup",
@@ -35,9 +36,9 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         .collect();
     if let Err(reason) = engine() {
         println!("No Docker engine here: {reason}. Nothing was built.");
-        println!("The Dockerfiles build with the repository root as context, on a machine with an engine:");
+        println!("The images build with the repository root as context, on a machine with an engine:");
         for (daemon, image) in &images {
-            println!("  docker build -f {daemon}/Dockerfile -t {image} .");
+            println!("  docker build --build-arg DAEMON={daemon} -t {image} .");
         }
         return Ok(ExitCode::FAILURE);
     }
@@ -48,8 +49,8 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
             .env("DOCKER_BUILDKIT", "1")
             .args([
                 "build",
-                "--file",
-                &format!("{daemon}/Dockerfile"),
+                "--build-arg",
+                &format!("DAEMON={daemon}"),
                 "--tag",
                 image,
                 ".",

@@ -19,7 +19,21 @@ const TEST_PROGRAMS: [(&str, &str); 4] = [
 pub fn ensure_installed() -> Result<()> {
     which("go").context("Go is not installed: the control plane is built from the Go module proxy")?;
     which("kubectl").context("kubectl is not installed")?;
-    ensure_commands(&TEST_PROGRAMS)
+    ensure_commands(&TEST_PROGRAMS)?;
+    ensure_python_venv()
+}
+
+/// The XMPP test clients run in a virtualenv (slixmpp from PyPI): Debian's Python needs `python3-venv`.
+pub fn ensure_python_venv() -> Result<()> {
+    which("python3").context("Python 3 is not installed (the XMPP test clients need it)")?;
+    let has_venv = Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if has_venv {
+        return Ok(());
+    }
+    install(&["python3-venv"])
 }
 
 /// Installs the Debian packages of `commands` (command → package) that are missing.
@@ -32,7 +46,11 @@ pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let list = missing.join(" ");
+    install(&missing)
+}
+
+fn install(packages: &[&str]) -> Result<()> {
+    let list = packages.join(" ");
     if !is_root() {
         bail!(
             "missing Debian packages: {list}; install them with `sudo apt-get update && sudo apt-get install -y {list}`"
@@ -47,7 +65,7 @@ pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
     let install = Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq"])
-        .args(&missing)
+        .args(packages)
         .status()
         .context("running apt-get install")?;
     ensure!(install.success(), "apt-get install {list} failed ({install})");
