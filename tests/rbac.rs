@@ -89,8 +89,9 @@ fn role<'a>(objects: &'a [Value], kind_name: &str, name: &str) -> &'a Value {
         .unwrap()
 }
 
-const SPP_NAMESPACED: &str = "service-per-pod (components/service-per-pod-namespaced, as in overlays/dev)";
-const SPP_CLUSTER: &str = "service-per-pod (base, cluster-wide, as in overlays/production)";
+const SPP_NAMESPACED: &str = "service-per-pod (components/service-per-pod-namespaced, as in both overlays)";
+const SPP_CLUSTER: &str =
+    "service-per-pod (base, cluster-wide: one controller for several namespaces, with --port-grants)";
 const JVB: &str = "jvb (base/shard: `<shard>-jvb`, token not even mounted)";
 const JVB_NODE_READER: &str = "jvb with components/jvb-advertise-from-node";
 const PROMETHEUS: &str = "prometheus-k8s of namespace monitoring (base/monitoring)";

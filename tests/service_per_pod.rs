@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use testbed::daemon::Daemon;
 use testbed::eventually;
-use testbed::service_per_pod::{Fixture, ports, start_controller, statefulset};
+use testbed::service_per_pod::{Fixture, ports, start_controller, statefulset, statefulset_annotating_pods};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -27,12 +27,15 @@ fn replicas(count: i32) -> Patch<serde_json::Value> {
 }
 
 async fn service_writes(daemon: &Daemon) -> f64 {
-    daemon
-        .metric("service_per_pod_service_writes_total{verb=\"Apply\"}")
-        .await
-        + daemon
-            .metric("service_per_pod_service_writes_total{verb=\"Delete\"}")
-            .await
+    let mut total = 0.0;
+    for verb in ["Create", "Patch", "Delete"] {
+        total += daemon
+            .metric(&format!(
+                "service_per_pod_service_writes_total{{verb=\"{verb}\"}}"
+            ))
+            .await;
+    }
+    total
 }
 
 fn resource_versions(services: &BTreeMap<String, Service>) -> BTreeMap<String, String> {
@@ -108,9 +111,26 @@ async fn every_pod_gets_a_service_as_the_contract_says() {
             })
             .collect();
         assert!(
-            managers.contains(&("service-per-pod".to_owned(), "Apply".to_owned())),
-            "server-side apply with field manager service-per-pod: {managers:?}"
+            managers.iter().all(|(manager, _)| manager == "service-per-pod"),
+            "written by service-per-pod alone: {managers:?}"
         );
+    }
+    // Once its pod exists, the pod is the Service's second owner (not its controller).
+    let pods: Api<Pod> = fx.namespace.api();
+    for name in ["jvb-0", "jvb-1", "jvb-2"] {
+        let pod_uid = eventually(&format!("pod {name}"), 30 * SECOND, || async {
+            pods.get_opt(name).await.ok()??.uid()
+        })
+        .await;
+        eventually(&format!("pod {name} owning its Service"), 10 * SECOND, || async {
+            let service = fx.services().get_opt(name).await.ok()??;
+            service
+                .owner_references()
+                .iter()
+                .any(|owner| owner.kind == "Pod" && owner.uid == pod_uid && owner.controller == Some(false))
+                .then_some(())
+        })
+        .await;
     }
     fx.namespace.delete().await;
 }
@@ -153,8 +173,14 @@ async fn protocols_and_selector_label_come_from_the_annotations() {
     let selector = services["jvb-0"].spec.as_ref().unwrap().selector.clone().unwrap();
     assert_eq!(
         selector,
-        BTreeMap::from([("jvb-pod".to_owned(), "jvb-0".to_owned())]),
-        "legacy label annotation"
+        BTreeMap::from([
+            ("jvb-pod".to_owned(), "jvb-0".to_owned()),
+            (
+                "statefulset.kubernetes.io/pod-name".to_owned(),
+                "jvb-0".to_owned()
+            )
+        ]),
+        "the legacy label annotation narrows the pod name, never replaces it"
     );
 
     // The new annotation wins over the legacy one.
@@ -170,8 +196,14 @@ async fn protocols_and_selector_label_come_from_the_annotations() {
         || async {
             let service = fx.services().get("jvb-0").await.ok()?;
             let selector = service.spec?.selector?;
-            (selector == BTreeMap::from([("example.com/bridge".to_owned(), "jvb-0".to_owned())]))
-                .then_some(())
+            let wanted = BTreeMap::from([
+                ("example.com/bridge".to_owned(), "jvb-0".to_owned()),
+                (
+                    "statefulset.kubernetes.io/pod-name".to_owned(),
+                    "jvb-0".to_owned(),
+                ),
+            ]);
+            (selector == wanted).then_some(())
         },
     )
     .await;
@@ -339,7 +371,7 @@ async fn at_steady_state_the_controller_writes_nothing() {
         .await
         .unwrap();
     let converged = fx
-        .wait_for_services(&["jvb-0", "jvb-1", "jvb-2"], 10 * SECOND)
+        .wait_until_settled(&["jvb-0", "jvb-1", "jvb-2"], 30 * SECOND)
         .await;
     tokio::time::sleep(SECOND).await;
     let writes_before = service_writes(&fx.controller).await;
@@ -443,7 +475,7 @@ async fn ordinals_outside_the_node_port_range_get_no_service() {
     fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
     let message = fx.wait_for_warning("jvb", "PortOutOfRange").await;
     assert!(
-        message.contains("ordinal 2") && message.contains("32768") && message.contains("30000-32767"),
+        message.starts_with("pod ordinal 2 gets no Service") && message.contains("30000-32767"),
         "{message}"
     );
     assert_eq!(fx.service_map().await.len(), 2);
@@ -678,7 +710,7 @@ async fn a_restarted_controller_with_nothing_changed_writes_nothing() {
         )
         .await
         .unwrap();
-    let converged = fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
+    let converged = fx.wait_until_settled(&["jvb-0", "jvb-1"], 30 * SECOND).await;
     fx.controller.kill();
     fx.controller = start_controller(
         &fx.cluster,
@@ -705,5 +737,127 @@ async fn a_restarted_controller_with_nothing_changed_writes_nothing() {
         resource_versions(&fx.service_map().await),
         resource_versions(&converged)
     );
+    fx.namespace.delete().await;
+}
+
+/// A StatefulSet deleted while a bridge still drains: the bridge's Service is kept by its pod (the
+/// Service's second owner) until the pod is gone, whether or not the controller runs.
+#[tokio::test]
+async fn deleting_the_statefulset_keeps_a_draining_pods_service_until_the_pod_is_gone() {
+    let mut fx = Fixture::start("spp-orphan").await;
+    let base = i32::from(fx.namespace.node_port_block().await);
+    fx.sets()
+        .create(
+            &PostParams::default(),
+            &statefulset("jvb", 3, &[("service-per-pod/base-port", &*base.to_string())]),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = fx.namespace.api();
+    let pod_uid = eventually("pod jvb-2", 30 * SECOND, || async {
+        pods.get_opt("jvb-2").await.ok()??.uid()
+    })
+    .await;
+    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
+    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
+        .await
+        .unwrap();
+    eventually("every Service owned by its pod", 15 * SECOND, || async {
+        let services = fx.try_service_map().await?;
+        (services.len() == 3
+            && services
+                .values()
+                .all(|service| service.owner_references().iter().any(|owner| owner.kind == "Pod")))
+        .then_some(())
+    })
+    .await;
+    // The controller is down while it happens: nothing but the owner references keeps the Service.
+    fx.controller.kill();
+    fx.sets()
+        .delete("jvb", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually("pods 0 and 1 gone, pod 2 Terminating", 30 * SECOND, || async {
+        let left: Vec<Pod> = pods.list(&Default::default()).await.ok()?.items;
+        (left.len() == 1 && left[0].name_any() == "jvb-2" && left[0].metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    fx.wait_for_services(&["jvb-2"], 60 * SECOND).await;
+    tokio::time::sleep(3 * SECOND).await;
+    let service = fx.services().get("jvb-2").await.unwrap();
+    assert!(
+        service
+            .owner_references()
+            .iter()
+            .any(|owner| owner.uid == pod_uid)
+    );
+    assert_eq!(
+        ports(&service)[0].1,
+        Some(base + 2),
+        "the draining bridge keeps its port"
+    );
+
+    let release = json!({ "metadata": { "finalizers": null } });
+    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .unwrap();
+    fx.wait_for_services(&[], 60 * SECOND).await;
+    fx.namespace.delete().await;
+}
+
+/// A new base port applies to new pods; running bridges keep the port they listen on.
+#[tokio::test]
+async fn a_changed_base_port_moves_only_pods_created_after_it() {
+    let fx = Fixture::start("spp-rebase").await;
+    let (old, new) = (
+        fx.namespace.node_port_block().await,
+        fx.namespace.node_port_block().await,
+    );
+    let mut set = statefulset_annotating_pods("jvb", 2, &[("service-per-pod/base-port", &old.to_string())]);
+    // Pods are replaced only when deleted, so the old ones stay as they are.
+    set.spec.as_mut().unwrap().update_strategy =
+        serde_json::from_value(json!({ "type": "OnDelete" })).unwrap();
+    fx.sets().create(&PostParams::default(), &set).await.unwrap();
+    let pods: Api<Pod> = fx.namespace.api();
+    eventually("pods jvb-0 and jvb-1", 30 * SECOND, || async {
+        (pods.list(&Default::default()).await.ok()?.items.len() == 2).then_some(())
+    })
+    .await;
+    fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
+
+    let rebase = json!({
+        "metadata": { "annotations": { "service-per-pod/base-port": new.to_string() } },
+        "spec": { "replicas": 3, "template": { "metadata": { "annotations": { "service-per-pod/base-port": new.to_string() } } } }
+    });
+    fx.sets()
+        .patch("jvb", &PatchParams::default(), &Patch::Merge(rebase))
+        .await
+        .unwrap();
+    let message = fx.wait_for_warning("jvb", "BasePortChanged").await;
+    assert!(message.contains("pod ordinals 0–1 keep"), "{message}");
+    let node_port = |services: &BTreeMap<String, Service>, name: &str| ports(&services[name])[0].1;
+    let services = fx
+        .wait_for_services(&["jvb-0", "jvb-1", "jvb-2"], 30 * SECOND)
+        .await;
+    assert_eq!(
+        node_port(&services, "jvb-0"),
+        Some(i32::from(old)),
+        "a running bridge keeps its port"
+    );
+    assert_eq!(node_port(&services, "jvb-1"), Some(i32::from(old) + 1));
+    assert_eq!(
+        node_port(&services, "jvb-2"),
+        Some(i32::from(new) + 2),
+        "a new pod gets the new base"
+    );
+
+    // Replacing a pod moves its Service.
+    pods.delete("jvb-0", &DeleteParams::default()).await.unwrap();
+    eventually("jvb-0 on the new base", 30 * SECOND, || async {
+        let service = fx.services().get_opt("jvb-0").await.ok()??;
+        (ports(&service)[0].1 == Some(i32::from(new))).then_some(())
+    })
+    .await;
     fx.namespace.delete().await;
 }

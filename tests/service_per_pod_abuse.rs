@@ -1,6 +1,6 @@
 //! Abuse through service-per-pod: someone who may only edit StatefulSets in namespace A can neither take
-//! a node port that a StatefulSet in namespace B holds, nor get a Service that selects pods of B.
-//! Cluster-wide controller, so it sees both namespaces; its own test binary, like the other cluster-wide one.
+//! a node port that belongs to namespace B, nor get a Service that selects pods of B.
+//! A cluster-wide controller sees every test's StatefulSets, so this test holds the cluster alone.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -14,23 +14,40 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use testbed::service_per_pod::{Scope, install_rbac, ports, start_controller, statefulset};
+use testbed::node_ports::BLOCK;
+use testbed::service_per_pod::{Scope, Tweaks, install_rbac, ports, start_controller_with, statefulset};
 use testbed::{Cluster, eventually};
 
-/// B's bridges hold a block of ports; an editor of A contests it.
+/// B's bridges hold a block of ports granted to B; an editor of A contests it.
 #[tokio::test]
 async fn an_editor_of_one_namespace_cannot_take_another_namespaces_port_or_pods() {
+    testbed::exclusive_cluster();
     let cluster = Cluster::connect().await;
     let system = cluster.namespace("spp-abuse-system").await;
     let deployment = install_rbac(&system.name, Scope::Cluster);
-    let _controller = start_controller(&cluster, &system.name, &deployment, "service-per-pod-0").await;
     let (a, b) = (
         cluster.namespace("spp-abuse-a").await,
         cluster.namespace("spp-abuse-b").await,
     );
+    let (a_block, b_block) = (a.node_port_block().await, b.node_port_block().await);
+    let tweaks = Tweaks {
+        env: vec![(
+            "PORT_GRANTS".to_owned(),
+            format!(
+                "{}={a_block}-{},{}={b_block}-{}",
+                a.name,
+                a_block + BLOCK - 1,
+                b.name,
+                b_block + BLOCK - 1
+            ),
+        )],
+        via: None,
+    };
+    let _controller =
+        start_controller_with(&cluster, &system.name, &deployment, "service-per-pod-0", &tweaks).await;
 
     // B's bridges hold base and base + 1.
-    let base = b.node_port_block().await;
+    let base = b_block;
     let base_text = base.to_string();
     let b_sets: Api<StatefulSet> = b.api();
     b_sets
@@ -79,13 +96,17 @@ async fn an_editor_of_one_namespace_cannot_take_another_namespaces_port_or_pods(
     alice.create(&PostParams::default(), &attack).await.unwrap();
 
     let events: Api<Event> = a.api();
-    eventually("a PortConflict Warning in A", Duration::from_secs(15), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("PortConflict"))
-            .then_some(())
-    })
+    eventually(
+        "a PortNotGranted Warning in A",
+        Duration::from_secs(15),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("PortNotGranted"))
+                .then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let a_services: Api<Service> = a.api();
@@ -111,7 +132,7 @@ async fn an_editor_of_one_namespace_cannot_take_another_namespaces_port_or_pods(
     }
 
     // A Service only ever selects pods of its own namespace: with free ports, A gets Services in A.
-    let free_base = a.node_port_block().await;
+    let free_base = a_block;
     let free =
         json!({ "metadata": { "annotations": { "service-per-pod/base-port": free_base.to_string() } } });
     alice

@@ -1,7 +1,8 @@
-//! service-per-pod as the base manifests deploy it: a ClusterRole, watching every namespace.
+//! service-per-pod as the base manifests deploy it: a ClusterRole, watching every namespace, serving the
+//! ports an administrator granted (`PORT_GRANTS`) and nothing else.
 //!
-//! Its own test binary on purpose: test binaries run one after another, so this cluster-wide
-//! controller never meets the namespaced ones of `service_per_pod.rs`.
+//! A cluster-wide controller sees every test's StatefulSets, so this test holds the cluster alone
+//! (`testbed::exclusive_cluster`).
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -10,26 +11,39 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
-use testbed::service_per_pod::{Scope, install_rbac, ports, start_controller, statefulset};
+use testbed::node_ports::BLOCK;
+use testbed::service_per_pod::{Scope, Tweaks, install_rbac, ports, start_controller_with, statefulset};
 use testbed::{Cluster, eventually};
 
 #[tokio::test]
-async fn the_cluster_wide_controller_serves_statefulsets_in_every_namespace() {
+async fn the_cluster_wide_controller_serves_the_namespaces_granted_and_no_other() {
+    testbed::exclusive_cluster();
     let cluster = Cluster::connect().await;
     let system = cluster.namespace("spp-system").await;
     let deployment = install_rbac(&system.name, Scope::Cluster);
-    let controller = start_controller(&cluster, &system.name, &deployment, "service-per-pod-0").await;
-
     let apps = [
         cluster.namespace("spp-apps-a").await,
         cluster.namespace("spp-apps-b").await,
     ];
+    let tenant = cluster.namespace("spp-tenant").await;
     let mut bases = Vec::new();
+    let mut grants = Vec::new();
     for namespace in &apps {
         let base = namespace.node_port_block().await;
-        bases.push(i32::from(base));
+        bases.push(base);
+        grants.push(format!("{}={base}-{}", namespace.name, base + BLOCK - 1));
+    }
+    let tweaks = Tweaks {
+        env: vec![("PORT_GRANTS".to_owned(), grants.join(","))],
+        via: None,
+    };
+    let controller =
+        start_controller_with(&cluster, &system.name, &deployment, "service-per-pod-0", &tweaks).await;
+
+    for (namespace, base) in apps.iter().zip(&bases) {
         let sets: Api<StatefulSet> = namespace.api();
         sets.create(
             &PostParams::default(),
@@ -38,7 +52,17 @@ async fn the_cluster_wide_controller_serves_statefulsets_in_every_namespace() {
         .await
         .unwrap();
     }
-    for (namespace, base) in apps.iter().zip(bases) {
+    // A tenant without a grant asks for ports that are free — and gets none, and one Event.
+    let tenant_sets: Api<StatefulSet> = tenant.api();
+    let free = tenant.node_port_block().await;
+    tenant_sets
+        .create(
+            &PostParams::default(),
+            &statefulset("jvb", 2, &[("service-per-pod/base-port", &free.to_string())]),
+        )
+        .await
+        .unwrap();
+    for (namespace, base) in apps.iter().zip(bases.iter().map(|base| i32::from(*base))) {
         let services: Api<Service> = namespace.api();
         let found = eventually(
             &format!("two Services in {}", namespace.name),
@@ -62,10 +86,40 @@ async fn the_cluster_wide_controller_serves_statefulsets_in_every_namespace() {
             ]
         );
     }
+    let events: Api<Event> = tenant.api();
+    let refusals = eventually(
+        "the tenant's PortNotGranted Event",
+        Duration::from_secs(15),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let refusals: Vec<String> = list
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("PortNotGranted"))
+                .filter_map(|e| e.note)
+                .collect();
+            (!refusals.is_empty()).then_some(refusals)
+        },
+    )
+    .await;
+    println!("{}", refusals[0]);
+    assert!(refusals[0].contains("granted: nothing"), "{}", refusals[0]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tenant_services: Api<Service> = tenant.api();
+    assert!(
+        tenant_services
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(refusals.len(), 1);
     assert_eq!(controller.metric("service_per_pod_leader").await, 1.0);
     drop(controller);
     for namespace in apps {
         namespace.delete().await;
     }
+    tenant.delete().await;
     system.delete().await;
 }

@@ -6,6 +6,9 @@ use std::fmt;
 pub const BASE_PORT: &str = "service-per-pod/base-port";
 pub const PROTOCOLS: &str = "service-per-pod/protocols";
 pub const LABEL: &str = "service-per-pod/label";
+/// Reserves the ports of ordinals `0..max-replicas` even while fewer replicas run, so the ports an
+/// autoscaler will need next cannot be taken by another StatefulSet meanwhile.
+pub const MAX_REPLICAS: &str = "service-per-pod/max-replicas";
 /// The annotation of the design we replace; means the same as [`LABEL`].
 pub const LEGACY_LABEL: &str = "service-per-pod-label";
 /// Set on every pod by the StatefulSet controller, so it selects exactly one pod.
@@ -46,8 +49,10 @@ pub struct OptIn {
     pub base_port: u16,
     /// Sorted, without duplicates, never empty.
     pub protocols: Vec<Protocol>,
-    /// The pod label the Services select on; its value is the pod's name.
+    /// The pod label the Services select on besides the pod name; its value is the pod's name.
     pub selector_label: String,
+    /// Ordinals `0..reserve` keep their ports reserved, whatever `spec.replicas` says.
+    pub reserve: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +63,8 @@ pub enum InvalidAnnotation {
     Protocols { value: String },
     #[error("annotation {annotation} is {value:?}, which is not a valid label key")]
     Label { annotation: &'static str, value: String },
+    #[error("annotation {MAX_REPLICAS} is {value:?}, which is not a whole number from 1 to 65535")]
+    MaxReplicas { value: String },
 }
 
 impl InvalidAnnotation {
@@ -97,11 +104,29 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<OptIn>, In
             value: selector_label.to_owned(),
         });
     }
+    let reserve = match annotations.get(MAX_REPLICAS) {
+        None => None,
+        Some(raw) => match raw.trim().parse::<u16>() {
+            Ok(count) if count > 0 => Some(u32::from(count)),
+            _ => return Err(InvalidAnnotation::MaxReplicas { value: raw.clone() }),
+        },
+    };
     Ok(Some(OptIn {
         base_port,
         protocols,
         selector_label: selector_label.to_owned(),
+        reserve,
     }))
+}
+
+/// The base port a pod was created with (the annotation its template carried), when it is a valid one.
+pub fn pod_base_port(annotations: &BTreeMap<String, String>) -> Option<u16> {
+    annotations
+        .get(BASE_PORT)?
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|port| *port > 0)
 }
 
 fn parse_protocols(raw: &str) -> Option<Vec<Protocol>> {
@@ -173,9 +198,34 @@ mod tests {
             OptIn {
                 base_port: 30300,
                 protocols: vec![Protocol::Udp],
-                selector_label: DEFAULT_LABEL.to_owned()
+                selector_label: DEFAULT_LABEL.to_owned(),
+                reserve: None,
             }
         );
+    }
+
+    #[test]
+    fn max_replicas_reserves_a_block_and_nonsense_is_refused() {
+        let opt_in = parse(&annotations(&[(BASE_PORT, "30300"), (MAX_REPLICAS, " 100 ")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(opt_in.reserve, Some(100));
+        for bad in ["0", "-1", "x", "65536", ""] {
+            assert_eq!(
+                parse(&annotations(&[(BASE_PORT, "30300"), (MAX_REPLICAS, bad)])),
+                Err(InvalidAnnotation::MaxReplicas {
+                    value: bad.to_owned()
+                }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pods_base_port_is_read_leniently() {
+        assert_eq!(pod_base_port(&annotations(&[(BASE_PORT, "30400")])), Some(30400));
+        assert_eq!(pod_base_port(&annotations(&[(BASE_PORT, "nope")])), None);
+        assert_eq!(pod_base_port(&annotations(&[])), None);
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use daemon_kit::telemetry::LogArgs;
 
+use std::time::Duration;
+
 use crate::desired::NodePortRange;
+use crate::grants::Grants;
 
 /// Gives every pod of an opted-in StatefulSet its own NodePort Service (annotation
 /// `service-per-pod/base-port`), kept until the pod is really gone.
@@ -18,6 +21,17 @@ pub struct Cli {
     /// The API server's `--service-node-port-range`: ports outside it get no Service.
     #[arg(long, env = "NODE_PORT_RANGE", default_value = "30000-32767")]
     pub node_port_range: NodePortRange,
+
+    /// Which namespaces may claim which node ports: `namespace=first-last` entries separated by commas
+    /// (`*` for every namespace). Nothing is granted that is not listed — except that a controller
+    /// watching one namespace (--namespace) grants it the whole range when this is empty.
+    #[arg(long, env = "PORT_GRANTS", default_value = "")]
+    pub port_grants: Grants,
+
+    /// Deadline of every API call that writes (Services, Events, the Lease). With leader election it
+    /// must end before a standby may take over: shorter than a third of the lease duration.
+    #[arg(long, env = "API_TIMEOUT", default_value = "2s", value_parser = daemon_kit::flags::parse_duration)]
+    pub api_timeout: Duration,
 
     /// Address of the admin server: /livez, /readyz (once the watch caches are synced), /metrics.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]

@@ -1,5 +1,5 @@
 //! What Services a StatefulSet should have: pure functions of the StatefulSet, its pods, the other
-//! StatefulSets' claims and the Services that exist. No client, no clock.
+//! StatefulSets' claims, the administrator's port grants and the Services that exist. No client, no clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use crate::annotations::{OptIn, Protocol};
+use crate::annotations::{DEFAULT_LABEL, OptIn, Protocol};
+use crate::grants::Grants;
+use crate::ordinals::Ordinals;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "service-per-pod";
@@ -31,10 +33,35 @@ impl fmt::Display for SetKey {
     }
 }
 
-/// Ordinals that need a Service: every replica the spec asks for, and every pod that still exists
-/// (Terminating ones included) — a draining bridge keeps its port until it is really gone.
-pub fn wanted_ordinals(replicas: u32, pod_ordinals: impl IntoIterator<Item = u32>) -> BTreeSet<u32> {
-    (0..replicas).chain(pod_ordinals).collect()
+/// A StatefulSet as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetView {
+    pub key: SetKey,
+    pub uid: String,
+    pub opt_in: OptIn,
+    /// `spec.replicas`, which may be anything up to 2^31-1.
+    pub replicas: u32,
+    /// Creation time (seconds since the epoch): older claims win a contested port.
+    pub created: i64,
+    /// Its existing pods (Terminating ones included), by ordinal.
+    pub pods: BTreeMap<u32, PodView>,
+}
+
+/// One existing pod of a StatefulSet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub uid: String,
+    /// The base port the pod was created with (its own `service-per-pod/base-port`): what its bridge
+    /// listens on, whatever the StatefulSet says now.
+    pub base_port: Option<u16>,
+}
+
+/// What bounds every plan: the API server's node-port range, and the ports the administrator granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub range: NodePortRange,
+    pub grants: Grants,
 }
 
 pub fn port_for(base_port: u16, ordinal: u32) -> Option<u16> {
@@ -68,13 +95,125 @@ pub fn is_dns1035_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// The in-range node ports a StatefulSet wants for `ordinals`.
-pub fn claimed_ports(opt_in: &OptIn, ordinals: &BTreeSet<u32>, range: NodePortRange) -> BTreeSet<u16> {
-    ordinals
+/// The ordinals whose Service name `<set>-<ordinal>` is a valid DNS-1035 label (a range from 0).
+fn nameable(set_name: &str) -> Option<std::ops::RangeInclusive<u32>> {
+    if !is_dns1035_label(&service_name(set_name, 0)) {
+        return None;
+    }
+    // `<set>-` leaves this many characters for the digits.
+    let digits = 63usize.saturating_sub(set_name.len() + 1);
+    if digits >= 10 {
+        return Some(0..=u32::MAX);
+    }
+    Some(0..=10u32.pow(u32::try_from(digits).unwrap_or(9)) - 1)
+}
+
+/// The ordinals `i` for which `base + i` lies in `range` (a range; empty as `None`).
+fn in_range_window(base: u16, range: NodePortRange) -> Option<std::ops::RangeInclusive<u32>> {
+    if base > range.last {
+        return None;
+    }
+    Some(u32::from(range.first.saturating_sub(base))..=u32::from(range.last - base))
+}
+
+/// The Service an ordinal would get, before grants and conflicts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Candidate {
+    ordinal: u32,
+    port: u16,
+}
+
+/// Where a StatefulSet's wanted ordinals stand before grants and conflicts: at most one candidate per
+/// port of the node-port range, whatever `spec.replicas` says; the rest as ranges.
+#[derive(Clone, Debug, Default)]
+struct Candidates {
+    inside: Vec<Candidate>,
+    out_of_range: Ordinals,
+    unnameable: Ordinals,
+    /// Ordinals whose port another ordinal of the same StatefulSet already has (a pod created under an
+    /// older base port).
+    collisions: Ordinals,
+}
+
+fn candidates(set: &SetView, range: NodePortRange) -> Candidates {
+    let mut result = Candidates::default();
+    let nameable = nameable(&set.key.name);
+    let mut taken = BTreeSet::new();
+    // Existing pods first: a pod's port comes from the pod itself (what its bridge listens on), and it
+    // keeps it even when a replica without a pod would map to the same port under a newer base.
+    for (ordinal, pod) in &set.pods {
+        if !nameable.as_ref().is_some_and(|names| names.contains(ordinal)) {
+            result.unnameable.insert(*ordinal);
+            continue;
+        }
+        match port_for(pod.base_port.unwrap_or(set.opt_in.base_port), *ordinal) {
+            Some(port) if range.contains(port) && taken.insert(port) => result.inside.push(Candidate {
+                ordinal: *ordinal,
+                port,
+            }),
+            Some(port) if range.contains(port) => result.collisions.insert(*ordinal),
+            _ => result.out_of_range.insert(*ordinal),
+        }
+    }
+    let mut from_replicas = Ordinals::first(set.replicas);
+    for ordinal in set.pods.keys() {
+        from_replicas = from_replicas.outside(*ordinal..=*ordinal);
+    }
+    let (from_replicas, unnameable) = match &nameable {
+        Some(names) => (
+            from_replicas.within(names.clone()),
+            from_replicas.outside(names.clone()),
+        ),
+        None => (Ordinals::new(), from_replicas),
+    };
+    for range in unnameable.ranges() {
+        result.unnameable.insert_range(range.clone());
+    }
+    match in_range_window(set.opt_in.base_port, range) {
+        Some(window) => {
+            for range in from_replicas.outside(window.clone()).ranges() {
+                result.out_of_range.insert_range(range.clone());
+            }
+            for ordinal in from_replicas.within(window).iter() {
+                match port_for(set.opt_in.base_port, ordinal) {
+                    Some(port) if taken.insert(port) => result.inside.push(Candidate { ordinal, port }),
+                    _ => result.collisions.insert(ordinal),
+                }
+            }
+        }
+        None => {
+            for range in from_replicas.ranges() {
+                result.out_of_range.insert_range(range.clone());
+            }
+        }
+    }
+    result.inside.sort_by_key(|candidate| candidate.ordinal);
+    result
+}
+
+/// The node ports a StatefulSet claims: those of its wanted ordinals, and of its reserved block, that
+/// lie in the range and are granted to its namespace. At most the size of the range.
+pub fn claimed_ports(set: &SetView, limits: &Limits) -> BTreeSet<u16> {
+    let granted = |port: &u16| limits.grants.allows(&set.key.namespace, *port);
+    let mut ports: BTreeSet<u16> = candidates(set, limits.range)
+        .inside
         .iter()
-        .filter_map(|ordinal| port_for(opt_in.base_port, *ordinal))
-        .filter(|port| range.contains(*port))
-        .collect()
+        .map(|candidate| candidate.port)
+        .filter(granted)
+        .collect();
+    if let (Some(reserve), Some(window)) = (
+        set.opt_in.reserve,
+        in_range_window(set.opt_in.base_port, limits.range),
+    ) {
+        let reserved = Ordinals::first(reserve).within(window);
+        ports.extend(
+            reserved
+                .iter()
+                .filter_map(|ordinal| port_for(set.opt_in.base_port, ordinal))
+                .filter(granted),
+        );
+    }
+    ports
 }
 
 /// One StatefulSet's claim on node ports, for settling conflicts between StatefulSets.
@@ -110,67 +249,120 @@ pub fn port_winners(claims: &[Claim], held: &BTreeMap<u16, SetKey>) -> BTreeMap<
         .collect()
 }
 
-/// Why an ordinal gets no Service.
+/// Why ordinals get no Service: one of each kind per StatefulSet, their ordinals as ranges, so a
+/// StatefulSet of two billion replicas is one message, not two billion.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Skipped {
-    /// base + ordinal is outside the node-port range (`None`: beyond 65535).
+pub enum Refusal {
+    /// base + ordinal is outside the node-port range (or above 65535).
     OutOfRange {
-        ordinal: u32,
-        port: Option<u16>,
+        ordinals: Ordinals,
+        base: u16,
         range: NodePortRange,
     },
-    /// Another StatefulSet holds or claimed this port first.
-    Conflict { ordinal: u32, port: u16, holder: SetKey },
+    /// The ports are in range but not granted to the StatefulSet's namespace.
+    NotGranted {
+        ordinals: Ordinals,
+        ports: Ordinals,
+        namespace: String,
+        granted: String,
+    },
+    /// Other StatefulSets hold or claimed these ports first.
+    Conflict {
+        ordinals: Ordinals,
+        ports: Ordinals,
+        holders: BTreeSet<SetKey>,
+    },
     /// `<statefulset>-<ordinal>` is not a valid Service name.
-    InvalidName { name: String },
+    InvalidName { ordinals: Ordinals, set: String },
 }
 
-impl Skipped {
+impl Refusal {
     /// A short CamelCase reason for Events and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
-            Skipped::OutOfRange { .. } => "PortOutOfRange",
-            Skipped::Conflict { .. } => "PortConflict",
-            Skipped::InvalidName { .. } => "InvalidServiceName",
+            Refusal::OutOfRange { .. } => "PortOutOfRange",
+            Refusal::NotGranted { .. } => "PortNotGranted",
+            Refusal::Conflict { .. } => "PortConflict",
+            Refusal::InvalidName { .. } => "InvalidServiceName",
+        }
+    }
+
+    pub fn ordinals(&self) -> &Ordinals {
+        match self {
+            Refusal::OutOfRange { ordinals, .. }
+            | Refusal::NotGranted { ordinals, .. }
+            | Refusal::Conflict { ordinals, .. }
+            | Refusal::InvalidName { ordinals, .. } => ordinals,
         }
     }
 }
 
-impl fmt::Display for Skipped {
+impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // "pod ordinal 2 gets", "pod ordinals 2–5 get".
+        let which = |ordinals: &Ordinals| {
+            if ordinals.len() == 1 {
+                format!("pod ordinal {ordinals} gets")
+            } else {
+                format!("pod ordinals {ordinals} get")
+            }
+        };
+        let node_ports = |ports: &Ordinals| {
+            if ports.len() == 1 {
+                format!("node port {ports}")
+            } else {
+                format!("node ports {ports}")
+            }
+        };
         match self {
-            Skipped::OutOfRange {
-                ordinal,
-                port: Some(port),
+            Refusal::OutOfRange {
+                ordinals,
+                base,
                 range,
-            } => {
-                write!(
-                    f,
-                    "pod ordinal {ordinal} gets no Service: port {port} is outside the node-port range {range}"
-                )
-            }
-            Skipped::OutOfRange {
-                ordinal, port: None, ..
-            } => {
-                write!(
-                    f,
-                    "pod ordinal {ordinal} gets no Service: base port + ordinal is above 65535"
-                )
-            }
-            Skipped::Conflict {
-                ordinal,
-                port,
-                holder,
             } => write!(
                 f,
-                "pod ordinal {ordinal} gets no Service: node port {port} belongs to StatefulSet {holder}, which claimed it first"
+                "{} no Service: base port {base} + ordinal is outside the node-port range {range}",
+                which(ordinals)
             ),
-            Skipped::InvalidName { name } => {
+            Refusal::NotGranted {
+                ordinals,
+                ports,
+                namespace,
+                granted,
+            } => write!(
+                f,
+                "{} no Service: {} not granted to namespace {namespace} (granted: {granted}; an administrator grants ports with the controller's --port-grants)",
+                which(ordinals),
+                if ports.len() == 1 {
+                    format!("{} is", node_ports(ports))
+                } else {
+                    format!("{} are", node_ports(ports))
+                }
+            ),
+            Refusal::Conflict {
+                ordinals,
+                ports,
+                holders,
+            } => {
+                let holders: Vec<String> = holders.iter().map(ToString::to_string).collect();
+                let (verb, them) = if ports.len() == 1 {
+                    ("belongs", "it")
+                } else {
+                    ("belong", "them")
+                };
                 write!(
                     f,
-                    "no Service can be named {name:?}: Service names must be DNS-1035 labels of at most 63 characters"
+                    "{} no Service: {} {verb} to StatefulSet {}, which claimed {them} first",
+                    which(ordinals),
+                    node_ports(ports),
+                    holders.join(", ")
                 )
             }
+            Refusal::InvalidName { ordinals, set } => write!(
+                f,
+                "{} no Service: {set}-<ordinal> is not a valid Service name (a DNS-1035 label of at most 63 characters)",
+                which(ordinals)
+            ),
         }
     }
 }
@@ -182,56 +374,149 @@ pub struct DesiredService {
     pub ordinal: u32,
     pub port: u16,
     pub protocols: Vec<Protocol>,
-    pub selector_label: String,
+    /// The pod label the Service selects on besides the pod name, when the StatefulSet names one.
+    pub extra_selector_label: Option<String>,
+    /// The pod, once it exists: the Service's second owner, so it outlives its StatefulSet while the
+    /// pod drains.
+    pub pod: Option<PodOwner>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodOwner {
+    pub name: String,
+    pub uid: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub services: Vec<DesiredService>,
-    pub skipped: Vec<Skipped>,
+    pub refusals: Vec<Refusal>,
+    /// Existing pods whose base port differs from the StatefulSet's: they keep theirs (as their bridges
+    /// do) until they are replaced.
+    pub kept_base_ports: Option<(Ordinals, u16)>,
 }
 
-pub fn plan(
-    set: &SetKey,
-    opt_in: &OptIn,
-    ordinals: &BTreeSet<u32>,
-    range: NodePortRange,
-    winners: &BTreeMap<u16, SetKey>,
-) -> Plan {
+impl Plan {
+    /// Every wanted ordinal that got no Service.
+    pub fn refused(&self) -> Ordinals {
+        let mut all = Ordinals::new();
+        for refusal in &self.refusals {
+            for range in refusal.ordinals().ranges() {
+                all.insert_range(range.clone());
+            }
+        }
+        all
+    }
+}
+
+/// The ordinals that need a Service: every replica the spec asks for and every pod that still exists
+/// (Terminating ones included) — a draining bridge keeps its port until it is really gone.
+pub fn wanted(set: &SetView) -> Ordinals {
+    let mut ordinals = Ordinals::first(set.replicas);
+    for ordinal in set.pods.keys() {
+        ordinals.insert(*ordinal);
+    }
+    ordinals
+}
+
+/// What Services `set` should have, given the limits and who won each contested port. Work and memory
+/// are bounded by the node-port range and the pods that exist, never by `spec.replicas`.
+pub fn plan(set: &SetView, limits: &Limits, winners: &BTreeMap<u16, SetKey>) -> Plan {
+    let Candidates {
+        inside,
+        out_of_range,
+        unnameable,
+        collisions,
+    } = candidates(set, limits.range);
     let mut plan = Plan::default();
-    for &ordinal in ordinals {
-        let name = service_name(&set.name, ordinal);
-        if !is_dns1035_label(&name) {
-            plan.skipped.push(Skipped::InvalidName { name });
+    let mut not_granted = Ordinals::new();
+    let mut not_granted_ports = Ordinals::new();
+    let mut conflict_ports: Ordinals = collisions
+        .iter()
+        .filter_map(|ordinal| port_for(set.opt_in.base_port, ordinal).map(u32::from))
+        .collect();
+    let mut conflicts = collisions;
+    let mut holders = BTreeSet::new();
+    if !conflicts.is_empty() {
+        holders.insert(set.key.clone());
+    }
+    let extra_selector_label =
+        (set.opt_in.selector_label != DEFAULT_LABEL).then(|| set.opt_in.selector_label.clone());
+    for Candidate { ordinal, port } in inside {
+        if !limits.grants.allows(&set.key.namespace, port) {
+            not_granted.insert(ordinal);
+            not_granted_ports.insert(u32::from(port));
             continue;
         }
-        let port = match port_for(opt_in.base_port, ordinal) {
-            Some(port) if range.contains(port) => port,
-            port => {
-                plan.skipped.push(Skipped::OutOfRange { ordinal, port, range });
-                continue;
-            }
-        };
-        if let Some(holder) = winners.get(&port).filter(|holder| *holder != set) {
-            plan.skipped.push(Skipped::Conflict {
-                ordinal,
-                port,
-                holder: holder.clone(),
-            });
+        if let Some(holder) = winners.get(&port).filter(|holder| **holder != set.key) {
+            conflicts.insert(ordinal);
+            conflict_ports.insert(u32::from(port));
+            holders.insert(holder.clone());
             continue;
         }
         plan.services.push(DesiredService {
-            name,
+            name: service_name(&set.key.name, ordinal),
             ordinal,
             port,
-            protocols: opt_in.protocols.clone(),
-            selector_label: opt_in.selector_label.clone(),
+            protocols: set.opt_in.protocols.clone(),
+            extra_selector_label: extra_selector_label.clone(),
+            pod: set.pods.get(&ordinal).map(|pod| PodOwner {
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+            }),
         });
+    }
+    if !out_of_range.is_empty() {
+        plan.refusals.push(Refusal::OutOfRange {
+            ordinals: out_of_range,
+            base: set.opt_in.base_port,
+            range: limits.range,
+        });
+    }
+    if !not_granted.is_empty() {
+        plan.refusals.push(Refusal::NotGranted {
+            ordinals: not_granted,
+            ports: not_granted_ports,
+            namespace: set.key.namespace.clone(),
+            granted: limits.grants.describe(&set.key.namespace),
+        });
+    }
+    if !conflicts.is_empty() {
+        plan.refusals.push(Refusal::Conflict {
+            ordinals: conflicts,
+            ports: conflict_ports,
+            holders,
+        });
+    }
+    if !unnameable.is_empty() {
+        plan.refusals.push(Refusal::InvalidName {
+            ordinals: unnameable,
+            set: set.key.name.clone(),
+        });
+    }
+    let kept: Ordinals = set
+        .pods
+        .iter()
+        .filter(|(_, pod)| pod.base_port.is_some_and(|base| base != set.opt_in.base_port))
+        .map(|(ordinal, _)| *ordinal)
+        .collect();
+    if !kept.is_empty() {
+        plan.kept_base_ports = Some((kept, set.opt_in.base_port));
     }
     plan
 }
 
-/// The object sent with server-side apply: exactly the fields this controller owns.
+/// The pod selector of a Service: the pod's name always (set by the StatefulSet controller), and the
+/// StatefulSet's own label too when it names one — so the Service never selects a pod of anyone else.
+pub fn selector(desired: &DesiredService) -> BTreeMap<String, String> {
+    let mut selector = BTreeMap::from([(DEFAULT_LABEL.to_owned(), desired.name.clone())]);
+    if let Some(label) = &desired.extra_selector_label {
+        selector.insert(label.clone(), desired.name.clone());
+    }
+    selector
+}
+
+/// The Service as created and applied: exactly the fields this controller owns.
 pub fn service_manifest(desired: &DesiredService, set: &SetKey, owner_uid: &str) -> Value {
     let ports: Vec<Value> = desired
         .protocols
@@ -246,6 +531,22 @@ pub fn service_manifest(desired: &DesiredService, set: &SetKey, owner_uid: &str)
             })
         })
         .collect();
+    let mut owners = vec![json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": set.name,
+        "uid": owner_uid,
+        "controller": true,
+    })];
+    if let Some(pod) = &desired.pod {
+        owners.push(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod.name,
+            "uid": pod.uid,
+            "controller": false,
+        }));
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -253,22 +554,51 @@ pub fn service_manifest(desired: &DesiredService, set: &SetKey, owner_uid: &str)
             "name": desired.name,
             "namespace": set.namespace,
             "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE, STATEFULSET_LABEL: set.name },
-            "ownerReferences": [{
-                "apiVersion": "apps/v1",
-                "kind": "StatefulSet",
-                "name": set.name,
-                "uid": owner_uid,
-                "controller": true,
-            }],
+            "ownerReferences": owners,
         },
         "spec": {
             "type": "NodePort",
             "externalTrafficPolicy": "Local",
             "publishNotReadyAddresses": true,
-            "selector": { desired.selector_label.as_str(): desired.name },
+            "selector": selector(desired),
             "ports": ports,
         },
     })
+}
+
+/// The merge patch that repairs `actual`, a Service this StatefulSet controls, into `desired`: exactly our
+/// fields (labels we set, owners, type, traffic policy, selector — keys someone added are removed —
+/// and the ports list, replaced whole), bound to the UID we looked at, so it can never land on another
+/// Service that took the name meanwhile. Not to its resourceVersion: the garbage collector edits our
+/// Services too (it drops the owner reference of a deleted pod), and a conflicting update that moves a
+/// node port leaks that port in the API server's allocator for minutes.
+pub fn repair_patch(desired: &DesiredService, set: &SetKey, owner_uid: &str, actual: &Service) -> Value {
+    let mut manifest = service_manifest(desired, set, owner_uid);
+    let mut selector = serde_json::Map::new();
+    for key in actual
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.selector.as_ref())
+        .into_iter()
+        .flat_map(|selector| selector.keys())
+    {
+        selector.insert(key.clone(), Value::Null);
+    }
+    for (key, value) in crate::desired::selector(desired) {
+        selector.insert(key, Value::String(value));
+    }
+    manifest["spec"]["selector"] = Value::Object(selector);
+    let metadata = &mut manifest["metadata"];
+    metadata["uid"] = json!(actual.metadata.uid);
+    if let Some(object) = metadata.as_object_mut() {
+        object.remove("name");
+        object.remove("namespace");
+    }
+    if let Some(object) = manifest.as_object_mut() {
+        object.remove("apiVersion");
+        object.remove("kind");
+    }
+    manifest
 }
 
 /// The UID of the object that controls `service`, if any.
@@ -282,6 +612,29 @@ pub fn controller_uid(service: &Service) -> Option<&str> {
         .map(|owner| owner.uid.as_str())
 }
 
+/// Whether `actual` carries exactly the node ports `desired` wants. A Service whose node port must change
+/// is replaced, not edited: its old port belonged to a bridge that is gone (a pod created under another
+/// base, or a hand edit), and an update that moves a node port leaks it in the API server's allocator
+/// whenever it races with another write to the Service (the garbage collector's, say).
+pub fn node_ports_match(desired: &DesiredService, actual: &Service) -> bool {
+    let mut wanted: Vec<i32> = desired
+        .protocols
+        .iter()
+        .map(|_| i32::from(desired.port))
+        .collect();
+    let mut found: Vec<i32> = actual
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|port| port.node_port)
+        .collect();
+    wanted.sort_unstable();
+    found.sort_unstable();
+    wanted == found
+}
+
 /// Whether `actual` already carries every field of `desired` as we would apply it. Fields other
 /// managers added (extra labels, annotations, extra ports) are theirs and do not count.
 pub fn is_up_to_date(desired: &DesiredService, set: &SetKey, owner_uid: &str, actual: &Service) -> bool {
@@ -290,8 +643,14 @@ pub fn is_up_to_date(desired: &DesiredService, set: &SetKey, owner_uid: &str, ac
     let Some(spec) = actual.spec.as_ref() else {
         return false;
     };
-    let selector_ok = spec.selector.as_ref().is_some_and(|selector| {
-        selector.len() == 1 && selector.get(&desired.selector_label) == Some(&desired.name)
+    let selector_ok = spec.selector.as_ref() == Some(&selector(desired));
+    let pod_owner_ok = desired.pod.as_ref().is_none_or(|pod| {
+        actual
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.uid == pod.uid && owner.kind == "Pod")
     });
     let ports = spec.ports.as_deref().unwrap_or_default();
     let ports_ok = desired.protocols.iter().all(|protocol| {
@@ -306,6 +665,7 @@ pub fn is_up_to_date(desired: &DesiredService, set: &SetKey, owner_uid: &str, ac
     label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE)
         && label(STATEFULSET_LABEL) == Some(set.name.as_str())
         && controller_uid(actual) == Some(owner_uid)
+        && pod_owner_ok
         && spec.type_.as_deref() == Some("NodePort")
         && spec.external_traffic_policy.as_deref() == Some("Local")
         && spec.publish_not_ready_addresses == Some(true)
@@ -316,7 +676,6 @@ pub fn is_up_to_date(desired: &DesiredService, set: &SetKey, owner_uid: &str, ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::DEFAULT_LABEL;
 
     fn key(name: &str) -> SetKey {
         SetKey {
@@ -330,14 +689,49 @@ mod tests {
             base_port,
             protocols: vec![Protocol::Udp],
             selector_label: DEFAULT_LABEL.to_owned(),
+            reserve: None,
         }
+    }
+
+    fn set(name: &str, base_port: u16, replicas: u32) -> SetView {
+        SetView {
+            key: key(name),
+            uid: format!("uid-{name}"),
+            opt_in: opt_in(base_port),
+            replicas,
+            created: 100,
+            pods: BTreeMap::new(),
+        }
+    }
+
+    fn pod(set: &str, ordinal: u32, base_port: Option<u16>) -> (u32, PodView) {
+        (
+            ordinal,
+            PodView {
+                name: format!("{set}-{ordinal}"),
+                uid: format!("pod-uid-{ordinal}"),
+                base_port,
+            },
+        )
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            range: NodePortRange::default(),
+            grants: Grants::whole_range("jitsi", NodePortRange::default()),
+        }
+    }
+
+    fn ports(plan: &Plan) -> Vec<(String, u16)> {
+        plan.services.iter().map(|s| (s.name.clone(), s.port)).collect()
     }
 
     #[test]
     fn wanted_ordinals_keep_pods_beyond_replicas() {
-        assert_eq!(wanted_ordinals(1, [0, 2]), BTreeSet::from([0, 2]));
-        assert_eq!(wanted_ordinals(3, []), BTreeSet::from([0, 1, 2]));
-        assert_eq!(wanted_ordinals(0, [4]), BTreeSet::from([4]));
+        let mut view = set("jvb", 30300, 1);
+        view.pods.extend([pod("jvb", 0, None), pod("jvb", 2, None)]);
+        assert_eq!(wanted(&view).to_string(), "0, 2");
+        assert_eq!(wanted(&set("jvb", 30300, 3)).to_string(), "0–2");
     }
 
     #[test]
@@ -353,95 +747,116 @@ mod tests {
 
     #[test]
     fn plan_gives_each_ordinal_base_plus_ordinal() {
-        let plan = plan(
-            &key("jvb"),
-            &opt_in(30300),
-            &BTreeSet::from([0, 1, 4]),
-            NodePortRange::default(),
-            &BTreeMap::new(),
-        );
-        let ports: Vec<(String, u16)> = plan.services.iter().map(|s| (s.name.clone(), s.port)).collect();
+        let mut view = set("jvb", 30300, 2);
+        view.pods.extend([pod("jvb", 0, None), pod("jvb", 4, None)]);
+        let plan = plan(&view, &limits(), &BTreeMap::new());
         assert_eq!(
-            ports,
+            ports(&plan),
             vec![
                 ("jvb-0".into(), 30300),
                 ("jvb-1".into(), 30301),
                 ("jvb-4".into(), 30304)
             ]
         );
-        assert!(plan.skipped.is_empty());
-    }
-
-    #[test]
-    fn plan_skips_only_the_ordinals_out_of_range() {
-        let range = NodePortRange::default();
-        let plan = plan(
-            &key("jvb"),
-            &opt_in(32766),
-            &BTreeSet::from([0, 1, 2, 3]),
-            range,
-            &BTreeMap::new(),
+        assert!(plan.refusals.is_empty());
+        assert_eq!(
+            plan.services[0].pod.as_ref().map(|p| p.uid.as_str()),
+            Some("pod-uid-0")
         );
         assert_eq!(
-            plan.services.iter().map(|s| s.port).collect::<Vec<_>>(),
-            vec![32766, 32767]
-        );
-        assert_eq!(
-            plan.skipped,
-            vec![
-                Skipped::OutOfRange {
-                    ordinal: 2,
-                    port: Some(32768),
-                    range
-                },
-                Skipped::OutOfRange {
-                    ordinal: 3,
-                    port: Some(32769),
-                    range
-                },
-            ]
-        );
-        let beyond = super::plan(
-            &key("jvb"),
-            &opt_in(65535),
-            &BTreeSet::from([1]),
-            range,
-            &BTreeMap::new(),
-        );
-        assert_eq!(
-            beyond.skipped,
-            vec![Skipped::OutOfRange {
-                ordinal: 1,
-                port: None,
-                range
-            }]
+            plan.services[1].pod, None,
+            "no pod yet: the StatefulSet is the only owner"
         );
     }
 
     #[test]
-    fn plan_refuses_service_names_that_are_not_dns_labels() {
-        let long = "j".repeat(62);
-        let plan = plan(
-            &key(&long),
-            &opt_in(30300),
-            &BTreeSet::from([0]),
-            NodePortRange::default(),
-            &BTreeMap::new(),
+    fn a_huge_replica_count_is_bounded_by_the_range_and_refused_in_one_message() {
+        let view = set("jvb", 30000, i32::MAX as u32);
+        let started = std::time::Instant::now();
+        let plan = plan(&view, &limits(), &BTreeMap::new());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(plan.services.len(), 2768, "one Service per port of the range");
+        assert_eq!(plan.refusals.len(), 1);
+        assert_eq!(
+            plan.refusals[0].to_string(),
+            "pod ordinals 2768–2147483646 get no Service: base port 30000 + ordinal is outside the node-port range 30000-32767"
+        );
+        assert_eq!(claimed_ports(&view, &limits()).len(), 2768);
+    }
+
+    #[test]
+    fn ordinals_out_of_range_are_one_refusal() {
+        let plan = plan(&set("jvb", 32766, 4), &limits(), &BTreeMap::new());
+        assert_eq!(
+            ports(&plan),
+            vec![("jvb-0".into(), 32766), ("jvb-1".into(), 32767)]
         );
         assert_eq!(
-            plan.skipped,
-            vec![Skipped::InvalidName {
-                name: format!("{long}-0")
+            plan.refusals,
+            vec![Refusal::OutOfRange {
+                ordinals: [2, 3].into_iter().collect(),
+                base: 32766,
+                range: NodePortRange::default()
             }]
         );
-        let dotted = super::plan(
-            &key("jvb.a"),
-            &opt_in(30300),
-            &BTreeSet::from([0]),
-            NodePortRange::default(),
-            &BTreeMap::new(),
+        let beyond = super::plan(&set("jvb", 65535, 2), &limits(), &BTreeMap::new());
+        assert!(beyond.services.is_empty());
+        assert_eq!(beyond.refusals[0].ordinals().to_string(), "0–1");
+        let below = super::plan(&set("jvb", 29999, 2), &limits(), &BTreeMap::new());
+        assert_eq!(ports(&below), vec![("jvb-1".into(), 30000)]);
+        assert_eq!(below.refusals[0].ordinals().to_string(), "0");
+    }
+
+    #[test]
+    fn ports_not_granted_to_the_namespace_are_refused() {
+        let limits = Limits {
+            range: NodePortRange::default(),
+            grants: "jitsi=30300-30301".parse().unwrap(),
+        };
+        let plan = plan(&set("jvb", 30300, 4), &limits, &BTreeMap::new());
+        assert_eq!(
+            ports(&plan),
+            vec![("jvb-0".into(), 30300), ("jvb-1".into(), 30301)]
         );
-        assert!(matches!(dotted.skipped[..], [Skipped::InvalidName { .. }]));
+        assert_eq!(plan.refusals.len(), 1);
+        let message = plan.refusals[0].to_string();
+        assert!(
+            message.starts_with("pod ordinals 2–3 get no Service"),
+            "{message}"
+        );
+        assert!(
+            message
+                .contains("node ports 30302–30303 are not granted to namespace jitsi (granted: 30300-30301"),
+            "{message}"
+        );
+        let nothing = Limits {
+            range: NodePortRange::default(),
+            grants: Grants::default(),
+        };
+        assert!(
+            super::plan(&set("jvb", 30300, 2), &nothing, &BTreeMap::new())
+                .services
+                .is_empty()
+        );
+        assert!(
+            claimed_ports(&set("jvb", 30300, 2), &nothing).is_empty(),
+            "no claim on what is not granted"
+        );
+    }
+
+    #[test]
+    fn service_names_that_are_not_dns_labels_are_refused() {
+        let long = "j".repeat(61);
+        let plan = plan(&set(&long, 30300, 12), &limits(), &BTreeMap::new());
+        assert_eq!(
+            plan.services.len(),
+            10,
+            "{long}-0 .. {long}-9 fit in 63 characters"
+        );
+        assert_eq!(plan.refusals[0].reason(), "InvalidServiceName");
+        assert_eq!(plan.refusals[0].ordinals().to_string(), "10–11");
+        let dotted = super::plan(&set("jvb.a", 30300, 1), &limits(), &BTreeMap::new());
+        assert!(matches!(dotted.refusals[..], [Refusal::InvalidName { .. }]));
     }
 
     #[test]
@@ -484,25 +899,78 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_port_is_skipped_as_a_conflict() {
-        let winners = BTreeMap::from([(30301, key("other"))]);
-        let plan = plan(
-            &key("jvb"),
-            &opt_in(30300),
-            &BTreeSet::from([0, 1]),
-            NodePortRange::default(),
-            &winners,
-        );
+    fn lost_ports_are_one_conflict_naming_the_holders() {
+        let winners = BTreeMap::from([(30301, key("other")), (30302, key("other"))]);
+        let plan = plan(&set("jvb", 30300, 3), &limits(), &winners);
         assert_eq!(plan.services.len(), 1);
-        assert_eq!(
-            plan.skipped,
-            vec![Skipped::Conflict {
-                ordinal: 1,
-                port: 30301,
-                holder: key("other")
-            }]
+        assert_eq!(plan.refusals.len(), 1);
+        let message = plan.refusals[0].to_string();
+        assert!(
+            message.starts_with("pod ordinals 1–2 get no Service"),
+            "{message}"
         );
-        assert!(plan.skipped[0].to_string().contains("jitsi/other"));
+        assert!(
+            message.contains("node ports 30301–30302 belong to StatefulSet jitsi/other"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_reserved_block_is_claimed_before_the_replicas_need_it() {
+        let mut view = set("jvb", 30300, 2);
+        view.opt_in.reserve = Some(100);
+        let claimed = claimed_ports(&view, &limits());
+        assert_eq!(claimed.len(), 100);
+        assert!(claimed.contains(&30399) && !claimed.contains(&30400));
+        let plan = plan(&view, &limits(), &BTreeMap::new());
+        assert_eq!(plan.services.len(), 2, "Services for the replicas only");
+    }
+
+    #[test]
+    fn an_existing_pod_keeps_the_port_it_was_created_with() {
+        let mut view = set("jvb", 30400, 3);
+        view.pods.extend([
+            pod("jvb", 0, Some(30300)),
+            pod("jvb", 1, Some(30300)),
+            pod("jvb", 2, None),
+        ]);
+        let plan = plan(&view, &limits(), &BTreeMap::new());
+        assert_eq!(
+            ports(&plan),
+            vec![
+                ("jvb-0".into(), 30300),
+                ("jvb-1".into(), 30301),
+                ("jvb-2".into(), 30402)
+            ]
+        );
+        assert_eq!(plan.kept_base_ports, Some(([0, 1].into_iter().collect(), 30400)));
+        let claimed = claimed_ports(&view, &limits());
+        assert_eq!(claimed, BTreeSet::from([30300, 30301, 30402]));
+    }
+
+    #[test]
+    fn a_replica_never_takes_the_port_of_a_pod_created_under_another_base() {
+        // Pod 5 was created with base 30295: it holds 30300, which ordinal 0 would get under base 30300.
+        let mut view = set("jvb", 30300, 1);
+        view.pods.extend([pod("jvb", 5, Some(30295))]);
+        let plan = plan(&view, &limits(), &BTreeMap::new());
+        assert_eq!(ports(&plan), vec![("jvb-5".into(), 30300)]);
+        assert_eq!(plan.refusals[0].reason(), "PortConflict");
+        assert_eq!(plan.refusals[0].ordinals().to_string(), "0");
+    }
+
+    #[test]
+    fn the_selector_is_the_pod_name_and_a_custom_label_only_narrows_it() {
+        let mut view = set("shard", 30300, 1);
+        view.opt_in.selector_label = "jitsi.org/shard".into();
+        let plan = plan(&view, &limits(), &BTreeMap::new());
+        assert_eq!(
+            selector(&plan.services[0]),
+            BTreeMap::from([
+                (DEFAULT_LABEL.to_owned(), "shard-0".to_owned()),
+                ("jitsi.org/shard".to_owned(), "shard-0".to_owned())
+            ])
+        );
     }
 
     #[test]
@@ -512,7 +980,11 @@ mod tests {
             ordinal: 2,
             port: 30302,
             protocols: vec![Protocol::Udp, Protocol::Tcp],
-            selector_label: DEFAULT_LABEL.into(),
+            extra_selector_label: None,
+            pod: Some(PodOwner {
+                name: "jvb-2".into(),
+                uid: "pod-uid".into(),
+            }),
         };
         let manifest = service_manifest(&desired, &key("jvb"), "uid-1");
         assert_eq!(
@@ -524,7 +996,10 @@ mod tests {
                     "name": "jvb-2",
                     "namespace": "jitsi",
                     "labels": { "app.kubernetes.io/managed-by": "service-per-pod", "service-per-pod/statefulset": "jvb" },
-                    "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "jvb", "uid": "uid-1", "controller": true }]
+                    "ownerReferences": [
+                        { "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "jvb", "uid": "uid-1", "controller": true },
+                        { "apiVersion": "v1", "kind": "Pod", "name": "jvb-2", "uid": "pod-uid", "controller": false }
+                    ]
                 },
                 "spec": {
                     "type": "NodePort",
@@ -541,13 +1016,46 @@ mod tests {
     }
 
     #[test]
-    fn up_to_date_compares_only_our_fields() {
+    fn a_repair_replaces_our_fields_only_on_the_service_seen() {
         let desired = DesiredService {
+            name: "jvb-0".into(),
+            ordinal: 0,
+            port: 30400,
+            protocols: vec![Protocol::Udp],
+            extra_selector_label: None,
+            pod: None,
+        };
+        let mut actual: Service =
+            serde_json::from_value(service_manifest(&desired, &key("jvb"), "uid-1")).unwrap();
+        actual.metadata.uid = Some("service-uid".into());
+        actual
+            .spec
+            .as_mut()
+            .unwrap()
+            .selector
+            .as_mut()
+            .unwrap()
+            .insert("widened".into(), "x".into());
+        let patch = repair_patch(&desired, &key("jvb"), "uid-1", &actual);
+        assert_eq!(patch["metadata"]["uid"], "service-uid");
+        assert!(patch["metadata"].get("resourceVersion").is_none());
+        assert_eq!(
+            patch["spec"]["selector"],
+            json!({ "statefulset.kubernetes.io/pod-name": "jvb-0", "widened": null })
+        );
+        assert_eq!(patch["spec"]["ports"][0]["nodePort"], 30400);
+        assert!(patch.get("kind").is_none() && patch["metadata"].get("name").is_none());
+    }
+
+    #[test]
+    fn up_to_date_compares_only_our_fields() {
+        let mut desired = DesiredService {
             name: "jvb-0".into(),
             ordinal: 0,
             port: 30300,
             protocols: vec![Protocol::Udp],
-            selector_label: DEFAULT_LABEL.into(),
+            extra_selector_label: None,
+            pod: None,
         };
         let mut actual: Service =
             serde_json::from_value(service_manifest(&desired, &key("jvb"), "uid-1")).unwrap();
@@ -586,14 +1094,32 @@ mod tests {
             .insert("extra".into(), "x".into());
         assert!(
             !is_up_to_date(&desired, &key("jvb"), "uid-1", &edited),
-            "a widened selector"
+            "a changed selector"
         );
 
-        let mut edited = actual;
+        let mut edited = actual.clone();
         edited.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
         assert!(
             !is_up_to_date(&desired, &key("jvb"), "uid-1", &edited),
             "traffic policy"
         );
+
+        assert!(node_ports_match(&desired, &actual));
+        let mut moved = desired.clone();
+        moved.port = 30400;
+        assert!(
+            !node_ports_match(&moved, &actual),
+            "a new port replaces the Service"
+        );
+
+        desired.pod = Some(PodOwner {
+            name: "jvb-0".into(),
+            uid: "pod-uid".into(),
+        });
+        assert!(
+            !is_up_to_date(&desired, &key("jvb"), "uid-1", &actual),
+            "the pod is not an owner yet"
+        );
+        assert!(node_ports_match(&desired, &actual), "a new owner is an edit");
     }
 }

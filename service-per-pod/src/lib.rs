@@ -2,15 +2,18 @@
 //! `base port + ordinal`, kept until that pod is really gone, so a draining Jitsi Videobridge keeps its
 //! port until its last call ends.
 //!
-//! [`annotations`] and [`desired`] are the pure core (what Services should exist); [`reconciler`]
-//! fetches from the watch caches, calls them and applies the difference; [`leader`] makes sure only one
-//! replica writes; [`runtime`] wires it all together.
+//! [`annotations`], [`grants`], [`ordinals`] and [`desired`] are the pure core (what Services should
+//! exist, within the node-port range and the administrator's port grants); [`reconciler`] reads the watch
+//! caches, calls them and writes the difference; [`leader`] makes sure only one replica writes, and
+//! [`leader::decide`] is its pure takeover decision; [`runtime`] wires it all together.
 
 pub mod annotations;
 pub mod cli;
 pub mod desired;
+pub mod grants;
 pub mod leader;
 pub mod metrics;
+pub mod ordinals;
 pub mod reconciler;
 pub mod runtime;
 

@@ -14,6 +14,8 @@ pub enum Category {
     Api,
     InvalidAnnotation,
     PortOutOfRange,
+    /// Ports not granted to the StatefulSet's namespace.
+    PortNotGranted,
     PortConflict,
     InvalidServiceName,
     /// A Service of the wanted name exists and belongs to something else.
@@ -23,26 +25,28 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 8] = [
         Category::Api,
         Category::InvalidAnnotation,
         Category::PortOutOfRange,
+        Category::PortNotGranted,
         Category::PortConflict,
         Category::InvalidServiceName,
         Category::ForeignService,
         Category::NodePortRefused,
     ];
 
-    /// From the CamelCase reasons used in Events.
-    pub fn from_reason(reason: &str) -> Self {
+    /// From the CamelCase reasons used in Events; `None` for what is news, not a problem.
+    pub fn from_reason(reason: &str) -> Option<Self> {
         match reason {
-            "InvalidAnnotation" => Category::InvalidAnnotation,
-            "PortOutOfRange" => Category::PortOutOfRange,
-            "PortConflict" => Category::PortConflict,
-            "InvalidServiceName" => Category::InvalidServiceName,
-            "ForeignService" => Category::ForeignService,
-            "NodePortRefused" => Category::NodePortRefused,
-            _ => Category::Api,
+            "InvalidAnnotation" => Some(Category::InvalidAnnotation),
+            "PortOutOfRange" => Some(Category::PortOutOfRange),
+            "PortNotGranted" => Some(Category::PortNotGranted),
+            "PortConflict" => Some(Category::PortConflict),
+            "InvalidServiceName" => Some(Category::InvalidServiceName),
+            "ForeignService" => Some(Category::ForeignService),
+            "NodePortRefused" => Some(Category::NodePortRefused),
+            _ => None,
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub managed_services: Gauge,
     pub port_conflicts: Gauge,
+    pub refused_node_ports: Gauge,
     pub leader: Gauge,
     pub writes: Family<WriteLabels, Counter>,
 }
@@ -70,7 +75,8 @@ pub struct WriteLabels {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum Verb {
-    Apply,
+    Create,
+    Patch,
     Delete,
 }
 
@@ -85,6 +91,7 @@ impl Metrics {
             ]),
             managed_services: Gauge::default(),
             port_conflicts: Gauge::default(),
+            refused_node_ports: Gauge::default(),
             leader: Gauge::default(),
             writes: Family::default(),
         };
@@ -116,6 +123,11 @@ impl Metrics {
             metrics.port_conflicts.clone(),
         );
         prefixed.register(
+            "refused_node_ports",
+            "Node ports the API server refused (allocated elsewhere), each retried within 30 s",
+            metrics.refused_node_ports.clone(),
+        );
+        prefixed.register(
             "leader",
             "1 while this replica is the leader and may write",
             metrics.leader.clone(),
@@ -130,7 +142,7 @@ impl Metrics {
         for category in Category::ALL {
             let _ = metrics.errors.get_or_create(&ErrorLabels { category });
         }
-        for verb in [Verb::Apply, Verb::Delete] {
+        for verb in [Verb::Create, Verb::Patch, Verb::Delete] {
             let _ = metrics.writes.get_or_create(&WriteLabels { verb });
         }
         metrics

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use crate::annotations::{self, BASE_PORT, LABEL, LEGACY_LABEL, PROTOCOLS};
-use crate::desired::{self, Claim, NodePortRange, SetKey};
+use crate::annotations::{self, BASE_PORT, LABEL, LEGACY_LABEL, MAX_REPLICAS, PROTOCOLS};
+use crate::desired::{self, Claim, Limits, NodePortRange, PodView, SetKey, SetView};
+use crate::grants::Grants;
 
 fn annotation_value() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -25,6 +26,7 @@ fn annotations_map() -> impl Strategy<Value = BTreeMap<String, String>> {
         Just(PROTOCOLS),
         Just(LABEL),
         Just(LEGACY_LABEL),
+        Just(MAX_REPLICAS),
         Just("other/key")
     ];
     prop::collection::btree_map(key.prop_map(str::to_owned), annotation_value(), 0..5)
@@ -41,18 +43,35 @@ proptest! {
     fn random_statefulsets_stay_in_their_port_blocks(
         annotations in annotations_map(),
         name in set_name(),
-        replicas in 0u32..300,
-        pods in prop::collection::btree_set(0u32..400, 0..20),
+        replicas in prop_oneof![0u32..300, Just(i32::MAX as u32), 0u32..=(i32::MAX as u32)],
+        pods in prop::collection::btree_map(0u32..400, prop::option::of(0u16..u16::MAX), 0..20),
         range_start in 1u16..40000,
         range_len in 0u16..30000,
+        granted in prop::option::of((0u16..u16::MAX, 0u16..5000)),
         others in prop::collection::vec((0u16..u16::MAX, 0i64..10), 0..4),
     ) {
         let range = NodePortRange { first: range_start, last: range_start.saturating_add(range_len) };
         let Ok(Some(opt_in)) = annotations::parse(&annotations) else {
             return Ok(());
         };
-        let set = SetKey { namespace: "ns".into(), name };
-        let ordinals = desired::wanted_ordinals(replicas, pods.iter().copied());
+        let grants: Grants = match granted {
+            None => Grants::whole_range("ns", range),
+            Some((first, len)) => format!("ns={first}-{}", first.saturating_add(len)).parse().unwrap_or_default(),
+        };
+        let limits = Limits { range, grants: grants.clone() };
+        let set = SetView {
+            key: SetKey { namespace: "ns".into(), name: name.clone() },
+            uid: "uid".into(),
+            opt_in: opt_in.clone(),
+            replicas,
+            created: 5,
+            pods: pods
+                .iter()
+                .map(|(ordinal, base)| {
+                    (*ordinal, PodView { name: format!("{name}-{ordinal}"), uid: format!("p{ordinal}"), base_port: *base })
+                })
+                .collect(),
+        };
         let mut claims: Vec<Claim> = others
             .iter()
             .enumerate()
@@ -62,21 +81,30 @@ proptest! {
                 ports: (0..3).filter_map(|o| desired::port_for(*base, o)).collect(),
             })
             .collect();
-        claims.push(Claim { set: set.clone(), created: 5, ports: desired::claimed_ports(&opt_in, &ordinals, range) });
+        claims.push(Claim { set: set.key.clone(), created: 5, ports: desired::claimed_ports(&set, &limits) });
         let winners = desired::port_winners(&claims, &BTreeMap::new());
-        let plan = desired::plan(&set, &opt_in, &ordinals, range, &winners);
+        let plan = desired::plan(&set, &limits, &winners);
 
+        let wanted = desired::wanted(&set);
+        prop_assert!(plan.services.len() <= usize::from(range.last - range.first) + 1, "bounded by the range");
         let planned: BTreeSet<u32> = plan.services.iter().map(|s| s.ordinal).collect();
-        prop_assert!(planned.is_subset(&ordinals));
+        prop_assert!(planned.iter().all(|o| wanted.contains(*o)));
+        let ports: BTreeSet<u16> = plan.services.iter().map(|s| s.port).collect();
+        prop_assert_eq!(ports.len(), plan.services.len(), "one Service per port");
         for service in &plan.services {
-            prop_assert_eq!(u32::from(service.port), u32::from(opt_in.base_port) + service.ordinal, "base + ordinal");
+            let base = set.pods.get(&service.ordinal).and_then(|pod| pod.base_port).unwrap_or(opt_in.base_port);
+            prop_assert_eq!(u32::from(service.port), u32::from(base) + service.ordinal, "base + ordinal");
             prop_assert!(range.contains(service.port), "inside the node-port range");
-            prop_assert_eq!(winners.get(&service.port), Some(&set), "a port this StatefulSet holds");
-            prop_assert_eq!(&service.name, &format!("{}-{}", set.name, service.ordinal));
+            prop_assert!(grants.allows("ns", service.port), "a granted port");
+            prop_assert_eq!(winners.get(&service.port), Some(&set.key), "a port this StatefulSet holds");
+            prop_assert_eq!(&service.name, &format!("{}-{}", set.key.name, service.ordinal));
             prop_assert!(desired::is_dns1035_label(&service.name));
         }
-        // Every wanted ordinal is either planned or reported, never silently dropped.
-        prop_assert_eq!(plan.services.len() + plan.skipped.len(), ordinals.len());
+        // Every wanted ordinal is either planned or refused, never silently dropped, never both.
+        let refused = plan.refused();
+        prop_assert_eq!(planned.len() as u64 + refused.len(), wanted.len());
+        prop_assert!(planned.iter().all(|o| !refused.contains(*o)));
+        prop_assert!(plan.refusals.len() <= 4, "one refusal per reason");
     }
 }
 

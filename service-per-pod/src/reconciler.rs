@@ -1,6 +1,6 @@
 //! One StatefulSet's reconcile: read the watch caches, ask [`crate::desired`] what should exist,
-//! apply what differs, delete what is no longer wanted, and tell the operator (one Event and one log
-//! line) about anything it refused to do.
+//! create what is missing, repair what drifted, delete what is no longer wanted, and tell the operator
+//! (one Event and one log line per kind of problem) about anything it refused to do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -11,14 +11,14 @@ use futures::StreamExt;
 use daemon_kit::admin::Readiness;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::annotations;
-use crate::desired::{self, Claim, DesiredService, NodePortRange, SetKey, Skipped};
+use crate::annotations::{self, OptIn};
+use crate::desired::{self, Claim, DesiredService, Limits, PodView, SetKey, SetView};
 use crate::leader::Leadership;
 use crate::metrics::{Category, Metrics, Verb};
 
@@ -31,35 +31,41 @@ const CACHE_WAIT: Duration = Duration::from_millis(200);
 const CONCURRENT_WRITES: usize = 16;
 /// While a StatefulSet loses a port to another, look again this often (the other may let it go).
 const CONFLICT_RECHECK: Duration = Duration::from_secs(5);
+/// A node port the API server refused is tried again after 1, 2, 4, 8, 16, then every 30 seconds: the
+/// API server's own repair loop frees leaked ports every 3 minutes, and a bridge must not wait longer.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Other failures (the API server unreachable, ...) back off per StatefulSet up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Api(#[source] kube::Error),
-    #[error("the API server refused node port {port} for Service {service}: {message}")]
-    NodePortRefused {
-        service: String,
-        port: u16,
-        message: String,
-    },
 }
 
 impl Error {
     pub fn category(&self) -> Category {
         match self {
             Error::Api(_) => Category::Api,
-            Error::NodePortRefused { .. } => Category::NodePortRefused,
         }
     }
 }
 
+/// A node port the API server refused, and when to try it again.
+#[derive(Clone, Copy, Debug)]
+struct Refused {
+    attempts: u32,
+    next: Instant,
+}
+
 /// What every reconcile shares.
 pub struct Context {
-    pub client: Client,
+    /// For writes: every call under the client's timeout (see `runtime`).
+    pub writer: Client,
     pub statefulsets: Store<StatefulSet>,
     pub services: Store<Service>,
     pub pods: Store<PartialObjectMeta<Pod>>,
-    pub node_port_range: NodePortRange,
+    pub limits: Limits,
     pub recorder: Recorder,
     pub leadership: Leadership,
     /// Until every cache is filled, an absent Service may just not be listed yet: no writes before.
@@ -67,14 +73,15 @@ pub struct Context {
     pub metrics: Metrics,
     /// The warnings last reported per StatefulSet, so each is reported once, not at every reconcile.
     reported: Mutex<HashMap<SetKey, BTreeSet<(String, String)>>>,
-    conflicts: Mutex<HashMap<SetKey, usize>>,
+    conflicts: Mutex<HashMap<SetKey, u64>>,
+    refused: Mutex<HashMap<(SetKey, u16), Refused>>,
     failures: Mutex<HashMap<SetKey, u32>>,
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("node_port_range", &self.node_port_range)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -98,9 +105,9 @@ impl std::fmt::Debug for Caches {
 
 impl Context {
     pub fn new(
-        client: Client,
+        writer: Client,
         caches: Caches,
-        node_port_range: NodePortRange,
+        limits: Limits,
         recorder: Recorder,
         leadership: Leadership,
         metrics: Metrics,
@@ -112,17 +119,18 @@ impl Context {
             synced,
         } = caches;
         Self {
-            client,
+            writer,
             statefulsets,
             services,
             pods,
             synced,
-            node_port_range,
+            limits,
             recorder,
             leadership,
             metrics,
             reported: Mutex::default(),
             conflicts: Mutex::default(),
+            refused: Mutex::default(),
             failures: Mutex::default(),
         }
     }
@@ -133,6 +141,10 @@ fn key_of(set: &StatefulSet) -> SetKey {
         namespace: set.namespace().unwrap_or_default(),
         name: set.name_any(),
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -151,27 +163,136 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     ctx.metrics
         .managed_services
         .set(i64::try_from(ctx.services.state().len()).unwrap_or(i64::MAX));
-    if result.is_ok()
-        && let Ok(mut failures) = ctx.failures.lock()
-    {
-        failures.remove(&key_of(&set));
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&key_of(&set));
     }
     result
 }
 
-/// Transient failures are retried with exponential backoff per StatefulSet (0.5 s doubling to 5 min).
+/// Failures other than refused node ports are retried with exponential backoff per StatefulSet
+/// (0.5 s doubling, at most a minute).
 pub fn error_policy(set: Arc<StatefulSet>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.category());
-    let attempts = ctx.failures.lock().map_or(1, |mut failures| {
+    let attempts = {
+        let mut failures = lock(&ctx.failures);
         let attempts = failures.entry(key_of(&set)).or_insert(0);
         *attempts = attempts.saturating_add(1);
         *attempts
-    });
+    };
     let delay = Duration::from_millis(500)
         .saturating_mul(1 << attempts.min(10))
-        .min(Duration::from_secs(300));
+        .min(BACKOFF_MAX);
     tracing::warn!(statefulset = %key_of(&set), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// The caches read once per reconcile, indexed by owner: the cost of a reconcile grows with the pods
+/// and Services there are, not with their product.
+struct Snapshot {
+    /// Pods by the UID of the StatefulSet that controls them, by ordinal.
+    pods: HashMap<String, BTreeMap<u32, PodView>>,
+    /// Services by the UID of their controller.
+    services: HashMap<String, Vec<Arc<Service>>>,
+    /// Node ports held by the Services we manage, and the StatefulSet each belongs to.
+    held: BTreeMap<u16, SetKey>,
+}
+
+impl Snapshot {
+    fn read(ctx: &Context) -> Self {
+        let mut pods: HashMap<String, BTreeMap<u32, PodView>> = HashMap::new();
+        for pod in ctx.pods.state() {
+            let Some(owner) = pod
+                .owner_references()
+                .iter()
+                .find(|owner| owner.controller == Some(true) && owner.kind == "StatefulSet")
+            else {
+                continue;
+            };
+            let ordinal = pod
+                .labels()
+                .get(POD_INDEX_LABEL)
+                .and_then(|index| index.parse().ok())
+                .or_else(|| desired::ordinal_in_name(&owner.name, &pod.name_any()));
+            if let Some(ordinal) = ordinal {
+                pods.entry(owner.uid.clone()).or_default().insert(
+                    ordinal,
+                    PodView {
+                        name: pod.name_any(),
+                        uid: pod.uid().unwrap_or_default(),
+                        base_port: annotations::pod_base_port(pod.annotations()),
+                    },
+                );
+            }
+        }
+        let mut services: HashMap<String, Vec<Arc<Service>>> = HashMap::new();
+        let mut held = BTreeMap::new();
+        for service in ctx.services.state() {
+            if let (Some(namespace), Some(set)) = (
+                service.namespace(),
+                service.labels().get(desired::STATEFULSET_LABEL).cloned(),
+            ) {
+                let ports = service.spec.as_ref().and_then(|spec| spec.ports.as_ref());
+                for node_port in ports.into_iter().flatten().filter_map(|port| port.node_port) {
+                    if let Ok(node_port) = u16::try_from(node_port) {
+                        held.insert(
+                            node_port,
+                            SetKey {
+                                namespace: namespace.clone(),
+                                name: set.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            if let Some(uid) = desired::controller_uid(&service) {
+                services.entry(uid.to_owned()).or_default().push(service.clone());
+            }
+        }
+        Self { pods, services, held }
+    }
+
+    fn view(&self, set: &StatefulSet, opt_in: OptIn) -> Option<SetView> {
+        let uid = set.uid()?;
+        // A StatefulSet without replicas means 1, as the API server defaults it.
+        let replicas = set
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.replicas)
+            .unwrap_or(1)
+            .max(0)
+            .unsigned_abs();
+        let created = set
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map_or(i64::MAX, |time| time.0.as_second());
+        Some(SetView {
+            key: key_of(set),
+            pods: self.pods.get(&uid).cloned().unwrap_or_default(),
+            uid,
+            opt_in,
+            replicas,
+            created,
+        })
+    }
+
+    /// What every opted-in StatefulSet in the cache claims, for settling port conflicts.
+    fn claims(&self, ctx: &Context) -> Vec<Claim> {
+        ctx.statefulsets
+            .state()
+            .iter()
+            .filter(|set| set.meta().deletion_timestamp.is_none())
+            .filter_map(|set| {
+                let opt_in = annotations::parse(set.annotations()).ok().flatten()?;
+                let view = self.view(set, opt_in)?;
+                Some(Claim {
+                    ports: desired::claimed_ports(&view, &ctx.limits),
+                    set: view.key,
+                    created: view.created,
+                })
+            })
+            .collect()
+    }
 }
 
 async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, Error> {
@@ -179,8 +300,19 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
     let Some(uid) = set.uid() else {
         return Ok(Action::await_change());
     };
-    let services_api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let owned = owned_services(ctx, &key, &uid);
+    let services_api: Api<Service> = Api::namespaced(ctx.writer.clone(), &key.namespace);
+    let snapshot = Snapshot::read(ctx);
+    let owned: Vec<Arc<Service>> = snapshot
+        .services
+        .get(&uid)
+        .map(|services| {
+            services
+                .iter()
+                .filter(|service| service.namespace().as_deref() == Some(key.namespace.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
 
     let opt_in = match annotations::parse(set.annotations()) {
         Ok(Some(opt_in)) => opt_in,
@@ -204,217 +336,226 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
             return Ok(Action::await_change());
         }
     };
-
-    let ordinals = wanted_ordinals(ctx, set, &key, &uid);
-    let winners = desired::port_winners(&claims(ctx), &held_ports(ctx));
-    let plan = desired::plan(&key, &opt_in, &ordinals, ctx.node_port_range, &winners);
+    let Some(view) = snapshot.view(set, opt_in) else {
+        return Ok(Action::await_change());
+    };
+    let winners = desired::port_winners(&snapshot.claims(ctx), &snapshot.held);
+    let plan = desired::plan(&view, &ctx.limits, &winners);
 
     let mut warnings: Vec<(String, String)> = plan
-        .skipped
+        .refusals
         .iter()
-        .map(|skipped| (skipped.reason().to_owned(), skipped.to_string()))
+        .map(|refusal| (refusal.reason().to_owned(), refusal.to_string()))
         .collect();
-    // Independent Services are written concurrently: a StatefulSet scaled up by 100 needs 100
-    // Services now, not one round trip after another.
-    let outdated: Vec<(&DesiredService, bool)> = plan
-        .services
-        .iter()
-        .filter_map(|wanted| {
-            let actual = owned.iter().find(|service| service.name_any() == wanted.name);
-            match actual {
-                Some(actual) if desired::is_up_to_date(wanted, &key, &uid, actual) => None,
-                actual => Some((wanted, actual.is_some())),
-            }
-        })
-        .collect();
-    let writes: Vec<_> = outdated
-        .into_iter()
-        .map(|(wanted, is_ours)| ensure_service(ctx, &services_api, &key, &uid, wanted, is_ours))
-        .collect();
-    let outcomes: Vec<Result<Applied, Error>> = futures::stream::iter(writes)
+    if let Some((ordinals, base)) = &plan.kept_base_ports {
+        warnings.push((
+            "BasePortChanged".to_owned(),
+            format!(
+                "pod ordinals {ordinals} keep the node ports of the base port they were created with until they are replaced; \
+                 pods created from now on get base port {base}"
+            ),
+        ));
+    }
+
+    // What needs a write, and how: create what is absent, apply what is ours and drifted. Ports the
+    // API server refused wait for their own retry time without holding up the others.
+    let now = Instant::now();
+    let mut next_retry: Option<Instant> = None;
+    let mut writes = Vec::new();
+    for wanted in &plan.services {
+        let actual = owned.iter().find(|service| service.name_any() == wanted.name);
+        if actual.is_some_and(|actual| desired::is_up_to_date(wanted, &key, &uid, actual)) {
+            lock(&ctx.refused).remove(&(key.clone(), wanted.port));
+            continue;
+        }
+        if let Some(refused) = lock(&ctx.refused).get(&(key.clone(), wanted.port))
+            && refused.next > now
+        {
+            next_retry = Some(next_retry.map_or(refused.next, |next| next.min(refused.next)));
+            continue;
+        }
+        writes.push(ensure_service(
+            ctx,
+            &services_api,
+            &key,
+            &uid,
+            wanted,
+            actual.map(AsRef::as_ref),
+        ));
+    }
+    let outcomes: Vec<(u16, Result<Written, Error>)> = futures::stream::iter(writes)
         .buffer_unordered(CONCURRENT_WRITES)
         .collect()
         .await;
-    let mut refused = None;
-    for outcome in outcomes {
+    for (port, outcome) in outcomes {
         match outcome? {
-            Applied::Written => {}
-            Applied::Foreign(message) => warnings.push(("ForeignService".to_owned(), message)),
-            Applied::Refused(error) => {
-                if let Error::NodePortRefused { message, .. } = &error {
-                    warnings.push(("NodePortRefused".to_owned(), message.clone()));
-                }
-                refused = Some(error);
+            Written::Done | Written::NotLeading => {
+                lock(&ctx.refused).remove(&(key.clone(), port));
+            }
+            Written::Foreign(message) => warnings.push(("ForeignService".to_owned(), message)),
+            Written::Refused(message) => {
+                let retry_at = note_refused(ctx, &key, port);
+                next_retry = Some(next_retry.map_or(retry_at, |next| next.min(retry_at)));
+                warnings.push(("NodePortRefused".to_owned(), message));
             }
         }
     }
+    update_refused_gauge(ctx);
 
+    let wanted = desired::wanted(&view);
     for service in &owned {
         let ordinal = desired::ordinal_in_name(&key.name, &service.name_any());
-        if ordinal.is_some_and(|ordinal| !ordinals.contains(&ordinal)) {
+        if ordinal.is_some_and(|ordinal| !wanted.contains(ordinal)) {
             delete_service(ctx, &services_api, service).await?;
         }
     }
 
     let conflicts = plan
-        .skipped
+        .refusals
         .iter()
-        .filter(|skipped| matches!(skipped, Skipped::Conflict { .. }))
-        .count();
+        .filter(|refusal| matches!(refusal, desired::Refusal::Conflict { .. }))
+        .map(|refusal| refusal.ordinals().len())
+        .sum();
     set_conflicts(ctx, &key, conflicts);
     report(ctx, set, &key, warnings).await;
-    match refused {
-        Some(error) => Err(error),
-        None if conflicts > 0 => Ok(Action::requeue(CONFLICT_RECHECK)),
-        None => Ok(Action::await_change()),
-    }
+    let recheck = match (next_retry, conflicts > 0) {
+        (Some(at), true) => Some(at.saturating_duration_since(now).min(CONFLICT_RECHECK)),
+        (Some(at), false) => Some(at.saturating_duration_since(now)),
+        (None, true) => Some(CONFLICT_RECHECK),
+        (None, false) => None,
+    };
+    Ok(recheck.map_or_else(Action::await_change, |delay| {
+        Action::requeue(delay.max(Duration::from_millis(100)))
+    }))
+}
+
+/// Counts another refusal of `port` and says when to try it next (1 s doubling, at most 30 s).
+fn note_refused(ctx: &Context, key: &SetKey, port: u16) -> Instant {
+    let mut refused = lock(&ctx.refused);
+    let entry = refused.entry((key.clone(), port)).or_insert(Refused {
+        attempts: 0,
+        next: Instant::now(),
+    });
+    entry.attempts = entry.attempts.saturating_add(1);
+    let delay = Duration::from_secs(1)
+        .saturating_mul(1 << (entry.attempts - 1).min(5))
+        .min(REFUSED_RETRY_MAX);
+    entry.next = Instant::now() + delay;
+    entry.next
+}
+
+fn update_refused_gauge(ctx: &Context) {
+    let mut refused = lock(&ctx.refused);
+    refused.retain(|(key, _), _| still_exists(ctx, key));
+    ctx.metrics
+        .refused_node_ports
+        .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
 }
 
 /// What became of one wanted Service.
-enum Applied {
-    Written,
+enum Written {
+    Done,
+    /// Leadership ended before the write: nothing was sent.
+    NotLeading,
     /// A Service of that name exists and is not ours: left untouched.
     Foreign(String),
-    /// The API server refused it; retried with backoff.
-    Refused(Error),
+    /// The API server refused its node port; retried on its own schedule.
+    Refused(String),
 }
 
-/// Creates or repairs one Service with server-side apply — unless a Service of that name exists that
-/// this StatefulSet does not control (`is_ours` says whether our cache has it as ours).
+/// Creates an absent Service, or repairs one this StatefulSet controls. Never touches anyone else's:
+/// an absent Service is only ever *created* (a create that finds one of that name fails), and a repair is
+/// a merge patch of our fields, conditioned on the resourceVersion of the Service our cache shows we
+/// control. (Not server-side apply: fields a create set belong to an "Update" manager, which a later
+/// apply would never remove — a changed port would leave its old entry behind.)
 async fn ensure_service(
     ctx: &Context,
     api: &Api<Service>,
     key: &SetKey,
     uid: &str,
     wanted: &DesiredService,
-    is_ours: bool,
-) -> Result<Applied, Error> {
-    if !is_ours {
-        // Not ours in the cache; the API server has the last word on whether the name is free.
-        let existing = api.get_opt(&wanted.name).await.map_err(Error::Api)?;
-        if existing.is_some_and(|existing| desired::controller_uid(&existing) != Some(uid)) {
-            return Ok(Applied::Foreign(format!(
-                "pod ordinal {} gets no Service: a Service named {} exists and is not controlled by this StatefulSet; it is left untouched",
-                wanted.ordinal, wanted.name
-            )));
-        }
+    actual: Option<&Service>,
+) -> (u16, Result<Written, Error>) {
+    let port = wanted.port;
+    if !ctx.leadership.is_leader() {
+        return (port, Ok(Written::NotLeading));
     }
-    let manifest = desired::service_manifest(wanted, key, uid);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    ctx.metrics.write(Verb::Apply);
-    match api.patch(&wanted.name, &params, &Patch::Apply(&manifest)).await {
-        Ok(_) => {
-            tracing::info!(statefulset = %key, service = %wanted.name, port = wanted.port, "applied Service");
-            Ok(Applied::Written)
+    // A Service of ours on the wrong node port is replaced (see `desired::node_ports_match`).
+    let actual = match actual {
+        Some(actual) if !desired::node_ports_match(wanted, actual) => {
+            if let Err(error) = delete_service(ctx, api, actual).await {
+                return (port, Err(error));
+            }
+            None
         }
-        Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("nodePort") => {
-            Ok(Applied::Refused(Error::NodePortRefused {
-                service: wanted.name.clone(),
-                port: wanted.port,
-                message: status.message.clone(),
-            }))
-        }
-        Err(error) => Err(Error::Api(error)),
-    }
-}
-
-/// Services in the cache that this StatefulSet (this UID: not an earlier one of the same name) controls.
-fn owned_services(ctx: &Context, key: &SetKey, uid: &str) -> Vec<Arc<Service>> {
-    ctx.services
-        .state()
-        .into_iter()
-        .filter(|service| {
-            service.namespace().as_deref() == Some(key.namespace.as_str())
-                && desired::controller_uid(service) == Some(uid)
-        })
-        .collect()
-}
-
-/// The ordinals that need a Service: the replicas asked for, and every pod that still exists.
-fn wanted_ordinals(ctx: &Context, set: &StatefulSet, key: &SetKey, uid: &str) -> BTreeSet<u32> {
-    // A StatefulSet without replicas means 1, as the API server defaults it.
-    let replicas = set
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.replicas)
-        .unwrap_or(1)
-        .max(0)
-        .unsigned_abs();
-    desired::wanted_ordinals(replicas, pod_ordinals(ctx, key, uid))
-}
-
-/// Ordinals of the StatefulSet's existing pods, Terminating ones included.
-fn pod_ordinals(ctx: &Context, key: &SetKey, uid: &str) -> Vec<u32> {
-    ctx.pods
-        .state()
-        .iter()
-        .filter(|pod| pod.namespace().as_deref() == Some(key.namespace.as_str()))
-        .filter(|pod| {
-            pod.owner_references()
-                .iter()
-                .any(|owner| owner.controller == Some(true) && owner.uid == uid)
-        })
-        .filter_map(|pod| {
-            pod.labels()
-                .get(POD_INDEX_LABEL)
-                .and_then(|index| index.parse().ok())
-                .or_else(|| desired::ordinal_in_name(&key.name, &pod.name_any()))
-        })
-        .collect()
-}
-
-/// What every opted-in StatefulSet in the cache wants, for settling port conflicts.
-fn claims(ctx: &Context) -> Vec<Claim> {
-    ctx.statefulsets
-        .state()
-        .iter()
-        .filter(|set| set.meta().deletion_timestamp.is_none())
-        .filter_map(|set| {
-            let opt_in = annotations::parse(set.annotations()).ok().flatten()?;
-            let uid = set.uid()?;
-            let key = key_of(set);
-            let ordinals = wanted_ordinals(ctx, set, &key, &uid);
-            let created = set
-                .meta()
-                .creation_timestamp
-                .as_ref()
-                .map_or(i64::MAX, |time| time.0.as_second());
-            Some(Claim {
-                set: key,
-                created,
-                ports: desired::claimed_ports(&opt_in, &ordinals, ctx.node_port_range),
-            })
-        })
-        .collect()
-}
-
-/// Node ports held by the Services we manage, and the StatefulSet each belongs to.
-fn held_ports(ctx: &Context) -> BTreeMap<u16, SetKey> {
-    let mut held = BTreeMap::new();
-    for service in ctx.services.state() {
-        let (Some(namespace), Some(set)) = (
-            service.namespace(),
-            service.labels().get(desired::STATEFULSET_LABEL).cloned(),
-        ) else {
-            continue;
+        other => other,
+    };
+    let is_ours = actual.is_some();
+    let result = if let Some(actual) = actual {
+        ctx.metrics.write(Verb::Patch);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
         };
-        let ports = service.spec.as_ref().and_then(|spec| spec.ports.as_ref());
-        for node_port in ports.into_iter().flatten().filter_map(|port| port.node_port) {
-            if let Ok(node_port) = u16::try_from(node_port) {
-                held.insert(
-                    node_port,
-                    SetKey {
-                        namespace: namespace.clone(),
-                        name: set.clone(),
-                    },
-                );
+        let patch = desired::repair_patch(wanted, key, uid, actual);
+        api.patch(&wanted.name, &params, &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+    } else {
+        let manifest = desired::service_manifest(wanted, key, uid);
+        ctx.metrics.write(Verb::Create);
+        let service: Service = match serde_json::from_value(manifest) {
+            Ok(service) => service,
+            Err(error) => return (port, Err(Error::Api(kube::Error::SerdeError(error)))),
+        };
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        api.create(&params, &service).await.map(|_| ())
+    };
+    let outcome = match result {
+        Ok(()) => {
+            tracing::info!(statefulset = %key, service = %wanted.name, port, created = !is_ours, "wrote Service");
+            Ok(Written::Done)
+        }
+        // A repair whose Service was replaced meanwhile (another UID): the watch brings the news.
+        Err(kube::Error::Api(status))
+            if is_ours && (status.code == 409 || status.code == 422) && status.message.contains("uid") =>
+        {
+            tracing::info!(statefulset = %key, service = %wanted.name, "the Service changed under us; looking again");
+            Ok(Written::Done)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => {
+            // (A Service we just deleted to replace it may still be going: looked at again then.)
+            // Ours, created a moment ago and not in the cache yet — or someone else's.
+            match api.get_opt(&wanted.name).await {
+                Ok(Some(existing)) if desired::controller_uid(&existing) == Some(uid) => Ok(Written::Done),
+                Ok(_) => Ok(Written::Foreign(format!(
+                    "pod ordinal {} gets no Service: a Service named {} exists and is not controlled by this StatefulSet; it is left untouched",
+                    wanted.ordinal, wanted.name
+                ))),
+                Err(error) => Err(Error::Api(error)),
             }
         }
-    }
-    held
+        Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("nodePort") => {
+            tracing::warn!(statefulset = %key, service = %wanted.name, port, "node port refused: {}", status.message);
+            Ok(Written::Refused(format!(
+                "the API server refused node port {port} for Service {}: {} (tried again within {} s)",
+                wanted.name,
+                status.message,
+                REFUSED_RETRY_MAX.as_secs()
+            )))
+        }
+        Err(error) => Err(Error::Api(error)),
+    };
+    (port, outcome)
 }
 
 async fn delete_service(ctx: &Context, api: &Api<Service>, service: &Service) -> Result<(), Error> {
+    if !ctx.leadership.is_leader() {
+        return Ok(());
+    }
     let name = service.name_any();
     // The UID precondition makes sure we delete the Service we looked at, never a newer one of that name.
     let params = DeleteParams {
@@ -435,20 +576,19 @@ async fn delete_service(ctx: &Context, api: &Api<Service>, service: &Service) ->
     }
 }
 
-fn set_conflicts(ctx: &Context, key: &SetKey, count: usize) {
-    if let Ok(mut conflicts) = ctx.conflicts.lock() {
-        if count == 0 {
-            conflicts.remove(key);
-        } else {
-            conflicts.insert(key.clone(), count);
-        }
-        // Deleted StatefulSets are never reconciled again: drop what we kept about them here.
-        conflicts.retain(|key, _| still_exists(ctx, key));
-        let total: usize = conflicts.values().sum();
-        ctx.metrics
-            .port_conflicts
-            .set(i64::try_from(total).unwrap_or(i64::MAX));
+fn set_conflicts(ctx: &Context, key: &SetKey, count: u64) {
+    let mut conflicts = lock(&ctx.conflicts);
+    if count == 0 {
+        conflicts.remove(key);
+    } else {
+        conflicts.insert(key.clone(), count);
     }
+    // Deleted StatefulSets are never reconciled again: drop what we kept about them here.
+    conflicts.retain(|key, _| still_exists(ctx, key));
+    let total: u64 = conflicts.values().sum();
+    ctx.metrics
+        .port_conflicts
+        .set(i64::try_from(total).unwrap_or(i64::MAX));
 }
 
 fn still_exists(ctx: &Context, key: &SetKey) -> bool {
@@ -459,27 +599,29 @@ fn still_exists(ctx: &Context, key: &SetKey) -> bool {
 
 fn forget(ctx: &Context, key: &SetKey) {
     set_conflicts(ctx, key, 0);
-    if let Ok(mut reported) = ctx.reported.lock() {
-        reported.remove(key);
-    }
+    lock(&ctx.reported).remove(key);
+    lock(&ctx.refused).retain(|(refused_key, _), _| refused_key != key);
 }
 
 /// One Warning Event on the StatefulSet and one log line per problem — once, not at every reconcile:
 /// a problem is reported again only after it went away and came back.
 async fn report(ctx: &Context, set: &StatefulSet, key: &SetKey, warnings: Vec<(String, String)>) {
     let current: BTreeSet<(String, String)> = warnings.into_iter().collect();
-    let new: Vec<(String, String)> = match ctx.reported.lock() {
-        Ok(mut reported) => {
-            let previous = reported.insert(key.clone(), current.clone()).unwrap_or_default();
-            reported.retain(|key, _| still_exists(ctx, key));
-            current.difference(&previous).cloned().collect()
-        }
-        Err(_) => current.into_iter().collect(),
+    let new: Vec<(String, String)> = {
+        let mut reported = lock(&ctx.reported);
+        let previous = reported.insert(key.clone(), current.clone()).unwrap_or_default();
+        reported.retain(|key, _| still_exists(ctx, key));
+        current.difference(&previous).cloned().collect()
     };
     let reference = set.object_ref(&());
     for (reason, message) in new {
-        ctx.metrics.error(Category::from_reason(&reason));
+        if let Some(category) = Category::from_reason(&reason) {
+            ctx.metrics.error(category);
+        }
         tracing::warn!(statefulset = %key, reason = %reason, "{message}");
+        if !ctx.leadership.is_leader() {
+            continue;
+        }
         let event = Event {
             type_: EventType::Warning,
             reason,

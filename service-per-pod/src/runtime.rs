@@ -19,7 +19,8 @@ use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 
 use crate::cli::Cli;
-use crate::desired::MANAGED_SELECTOR;
+use crate::desired::{Limits, MANAGED_SELECTOR};
+use crate::grants::Grants;
 use crate::leader::{Elector, Leadership, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Caches, Context};
@@ -28,19 +29,72 @@ use crate::reconciler::{self, Caches, Context};
 pub enum RunError {
     #[error("cannot connect to Kubernetes: {0}")]
     Client(#[source] kube::Error),
+    #[error("cannot read the Kubernetes client configuration: {0}")]
+    Config(#[source] kube::config::InferConfigError),
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Admin(#[from] admin::ServeError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("leader election stopped unexpectedly; exiting so the pod is restarted")]
+    ElectorStopped,
+}
+
+impl RunError {
+    /// Exit code: 2 for a configuration the operator must fix, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Pods of StatefulSets carry this label; watching only them keeps the cache small.
 const STATEFULSET_POD_SELECTOR: &str = "statefulset.kubernetes.io/pod-name";
 
+/// The grants in force: the flag's, or — for a controller that watches one namespace and was given
+/// none — the whole range to that namespace.
+fn limits(cli: &Cli) -> Result<Limits, RunError> {
+    let grants = match (&cli.namespace, cli.port_grants.is_empty()) {
+        (Some(namespace), true) => Grants::whole_range(namespace, cli.node_port_range),
+        _ => cli.port_grants.clone(),
+    };
+    grants
+        .check_within(cli.node_port_range)
+        .map_err(RunError::Usage)?;
+    if grants.is_empty() {
+        tracing::warn!(
+            "no node ports are granted to any namespace (--port-grants): every StatefulSet will be refused"
+        );
+    }
+    Ok(Limits {
+        range: cli.node_port_range,
+        grants,
+    })
+}
+
 pub async fn run(cli: Cli) -> Result<(), RunError> {
+    let limits = limits(&cli)?;
     let shutdown = Shutdown::install().map_err(RunError::Signals)?;
-    let client = Client::try_default().await.map_err(RunError::Client)?;
     let identity = cli.identity.clone().unwrap_or_else(host_name);
+    let mut config = kube::Config::infer().await.map_err(RunError::Config)?;
+    // Which replica sent a request, in the API server's audit log.
+    if let Ok(agent) = http::HeaderValue::from_str(&format!(
+        "service-per-pod/{} ({identity})",
+        env!("CARGO_PKG_VERSION")
+    )) {
+        config.headers.push((http::header::USER_AGENT, agent));
+    }
+    // Watches keep their connection open on purpose; everything else must answer in time.
+    let client = Client::try_from(config.clone()).map_err(RunError::Client)?;
+    let mut writer_config = config;
+    writer_config.read_timeout = Some(cli.api_timeout);
+    writer_config.write_timeout = Some(cli.api_timeout);
+    writer_config.connect_timeout = Some(cli.api_timeout);
+    writer_config.reset_reader_on_write = true;
+    let writer = Client::try_from(writer_config).map_err(RunError::Client)?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -54,7 +108,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }),
     );
 
-    let leadership = if cli.leader_election {
+    // The Lease is released only once the controller has stopped writing: `release` fires then.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (leadership, mut elector_task) = if cli.leader_election {
         let namespace = cli
             .lease_namespace
             .clone()
@@ -66,13 +122,17 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             identity.clone(),
             Duration::from_secs(u64::from(cli.lease_duration_seconds)),
         );
+        settings
+            .check_api_timeout(cli.api_timeout)
+            .map_err(RunError::Usage)?;
         let (elector, leadership) =
-            Elector::new(Api::<Lease>::namespaced(client.clone(), &namespace), settings);
-        let stop = shutdown.clone();
-        tokio::spawn(elector.run(async move { stop.draining().await }));
-        leadership
+            Elector::new(Api::<Lease>::namespaced(writer.clone(), &namespace), settings);
+        let task = tokio::spawn(elector.run(async move {
+            let _ = released.await;
+        }));
+        (leadership, Some(task))
     } else {
-        Leadership::always()
+        (Leadership::always(), None)
     };
 
     let (statefulsets, services, pods): (Api<StatefulSet>, Api<Service>, Api<PartialObjectMeta<Pod>>) =
@@ -154,10 +214,10 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         synced: readiness.clone(),
     };
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        writer.clone(),
         caches,
-        cli.node_port_range,
-        Recorder::new(client, reporter),
+        limits,
+        Recorder::new(writer, reporter),
         leadership,
         metrics,
     ));
@@ -172,11 +232,34 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 tracing::debug!(%error, "controller event");
             }
         });
-    tokio::select! {
-        _ = controller_run => tracing::info!("controller stopped"),
-        _ = abort.aborting() => tracing::warn!("second stop signal: exiting without waiting"),
-    }
+    let elector_ended = async {
+        match elector_task.as_mut() {
+            Some(task) => {
+                let _ = task.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = controller_run => {
+            tracing::info!("controller stopped");
+            Ok(())
+        }
+        _ = abort.aborting() => {
+            tracing::warn!("second stop signal: exiting without waiting");
+            Ok(())
+        }
+        _ = elector_ended => Err(RunError::ElectorStopped),
+    };
     readiness.set(false);
+    // No reconcile runs any more: now the Lease may go.
+    let _ = release.send(());
+    if let Some(task) = elector_task
+        && !task.is_finished()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    outcome?;
     let _ = admin_task.await;
     Ok(())
 }
@@ -186,10 +269,12 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 fn became_leader(leadership: Leadership, metrics: Metrics) -> impl futures::Stream<Item = ()> + Send {
     futures::stream::unfold((leadership.changes(), false), move |(mut changes, was_leader)| {
         let metrics = metrics.clone();
+        let leadership = leadership.clone();
         async move {
             let mut was_leader = was_leader;
             loop {
-                let leading = *changes.borrow_and_update();
+                changes.borrow_and_update();
+                let leading = leadership.is_leader();
                 metrics.leader.set(i64::from(leading));
                 if leading && !was_leader {
                     return Some(((), (changes, true)));

@@ -9,6 +9,7 @@
 //!
 //! Tests fail (never skip) when no cluster is reachable: a test that cannot fail proves nothing.
 
+pub mod audit;
 pub mod bridge_stub;
 pub mod control_plane;
 pub mod daemon;
@@ -22,6 +23,7 @@ pub mod promtool;
 pub mod prosody;
 pub mod replay_server;
 pub mod service_per_pod;
+pub mod tcp_proxy;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -229,7 +231,38 @@ impl Cluster {
 
     /// Writes a kubeconfig file that authenticates with `token` only, for a daemon process.
     pub fn kubeconfig_file_with_token(&self, label: &str, token: &str) -> std::path::PathBuf {
-        let kubeconfig = self.kubeconfig_with_token(label, token);
+        self.kubeconfig_file_via(label, token, None)
+    }
+
+    /// The API server's address (`127.0.0.1:<port>`).
+    pub fn apiserver_addr(&self) -> std::net::SocketAddr {
+        let server = self.kubeconfig.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.server.clone())
+            .expect("the kubeconfig names the API server");
+        server
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap_or_else(|e| panic!("the API server address {server}: {e}"))
+    }
+
+    /// As [`Cluster::kubeconfig_file_with_token`], reaching the API server through `via` (a proxy on
+    /// 127.0.0.1) when given.
+    pub fn kubeconfig_file_via(
+        &self,
+        label: &str,
+        token: &str,
+        via: Option<std::net::SocketAddr>,
+    ) -> std::path::PathBuf {
+        let mut kubeconfig = self.kubeconfig_with_token(label, token);
+        if let Some(via) = via {
+            for named in &mut kubeconfig.clusters {
+                if let Some(cluster) = named.cluster.as_mut() {
+                    cluster.server = Some(format!("https://{via}"));
+                }
+            }
+        }
         let file = format!("{}.json", label.replace('/', "-"));
         let path = repo_root().join("target/test-kubeconfigs").join(file);
         std::fs::create_dir_all(path.parent().expect("folder")).expect("creating target/test-kubeconfigs");

@@ -59,11 +59,31 @@ pub async fn start_controller(
     deployment: &Value,
     pod_name: &str,
 ) -> Daemon {
+    start_controller_with(cluster, namespace, deployment, pod_name, &Tweaks::default()).await
+}
+
+/// What a test changes of how the manifests run the controller.
+#[derive(Clone, Debug, Default)]
+pub struct Tweaks {
+    /// Environment set on top of the Deployment's (`PORT_GRANTS`, ...).
+    pub env: Vec<(String, String)>,
+    /// Reach the API server through this address (a fault proxy).
+    pub via: Option<std::net::SocketAddr>,
+}
+
+pub async fn start_controller_with(
+    cluster: &Cluster,
+    namespace: &str,
+    deployment: &Value,
+    pod_name: &str,
+    tweaks: &Tweaks,
+) -> Daemon {
     let token = cluster.service_account_token(namespace, "service-per-pod").await;
-    let kubeconfig = cluster.kubeconfig_file_with_token(&format!("{namespace}/{pod_name}"), &token);
+    let kubeconfig = cluster.kubeconfig_file_via(&format!("{namespace}/{pod_name}"), &token, tweaks.via);
     let (args, mut env) = manifests::container_command(deployment, "service-per-pod", pod_name, namespace);
     env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
-    env.retain(|(name, _)| name != "LOG_FORMAT");
+    env.retain(|(name, _)| name != "LOG_FORMAT" && !tweaks.env.iter().any(|(tweaked, _)| tweaked == name));
+    env.extend(tweaks.env.iter().cloned());
     let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let mut daemon = Daemon::start("service-per-pod", &args, &env);
     daemon.ready().await;
@@ -81,10 +101,23 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn start(prefix: &str) -> Self {
+        Self::start_with(prefix, |_| Tweaks::default()).await
+    }
+
+    /// As [`Fixture::start`], with the controller run as `tweaks` says (given the fresh namespace).
+    pub async fn start_with(prefix: &str, tweaks: impl FnOnce(&TestNamespace) -> Tweaks) -> Self {
         let cluster = Cluster::connect().await;
         let namespace = cluster.namespace(prefix).await;
         let deployment = install_rbac(&namespace.name, Scope::Namespace);
-        let controller = start_controller(&cluster, &namespace.name, &deployment, "service-per-pod-0").await;
+        let tweaks = tweaks(&namespace);
+        let controller = start_controller_with(
+            &cluster,
+            &namespace.name,
+            &deployment,
+            "service-per-pod-0",
+            &tweaks,
+        )
+        .await;
         Self {
             cluster,
             namespace,
@@ -136,6 +169,29 @@ impl Fixture {
         .await
     }
 
+    /// As [`Fixture::wait_for_services`], and until each Service is also owned by its pod: the state a
+    /// StatefulSet settles in once its pods exist.
+    pub async fn wait_until_settled(&self, names: &[&str], timeout: Duration) -> BTreeMap<String, Service> {
+        let mut wanted: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        wanted.sort();
+        eventually(
+            &format!("Services {wanted:?}, each owned by its pod"),
+            timeout,
+            || async {
+                let services = self.try_service_map().await?;
+                let settled = services.keys().cloned().collect::<Vec<_>>() == wanted
+                    && services.values().all(|service| {
+                        service
+                            .owner_references()
+                            .iter()
+                            .any(|owner| owner.kind == "Pod" && owner.name == service.name_any())
+                    });
+                settled.then_some(services)
+            },
+        )
+        .await
+    }
+
     /// Warning Events about StatefulSet `set` with `reason`: their messages.
     pub async fn warnings(&self, set: &str, reason: &str) -> Vec<String> {
         let events: Api<Event> = self.namespace.api();
@@ -178,6 +234,22 @@ pub fn statefulset(name: &str, replicas: i32, annotations: &[(&str, &str)]) -> S
         }
     }))
     .expect("statefulset object")
+}
+
+/// As [`statefulset`], with the annotations on the pod template too, as the manifests have them (a
+/// shard's `commonAnnotations`): each pod then carries the base port it was created with.
+pub fn statefulset_annotating_pods(name: &str, replicas: i32, annotations: &[(&str, &str)]) -> StatefulSet {
+    let mut set = statefulset(name, replicas, annotations);
+    if let Some(spec) = set.spec.as_mut() {
+        let metadata = spec.template.metadata.get_or_insert_with(Default::default);
+        metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+    }
+    set
 }
 
 /// One port entry of a Service: `(port, nodePort, targetPort, protocol, name)`.

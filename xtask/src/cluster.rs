@@ -59,6 +59,22 @@ const PROMETHEUS_OPERATOR_CRDS: [&str; 3] = [
     "monitoring.coreos.com_prometheusrules.yaml",
 ];
 
+/// The API server's audit log records who wrote Services and Leases, and when (with the client's
+/// User-Agent): how the tests prove that two controller replicas never write at once.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [\"RequestReceived\"]
+rules:
+  - level: Metadata
+    verbs: [\"create\", \"update\", \"patch\", \"delete\"]
+    resources:
+      - group: \"\"
+        resources: [\"services\"]
+      - group: \"coordination.k8s.io\"
+        resources: [\"leases\"]
+  - level: None
+";
+
 /// Users of the token file. `system:masters` members are cluster admins; the others start with no
 /// rights at all, for RBAC tests.
 const USERS: [(&str, &str); 7] = [
@@ -127,6 +143,8 @@ pub fn up(paths: &Paths) -> Result<bool> {
     };
     let etcd_peer_port = free_tcp_port()?;
     let tokens = write_credentials(paths, &pki, state.apiserver_port)?;
+    let audit_policy = dir.join("audit-policy.yaml");
+    std::fs::write(&audit_policy, AUDIT_POLICY)?;
     println!(
         "==> starting Kubernetes {} on https://127.0.0.1:{}",
         state.kubernetes_version, state.apiserver_port
@@ -178,6 +196,12 @@ pub fn up(paths: &Paths) -> Result<bool> {
         "--endpoint-reconciler-type=none",
         "--profiling=false",
         &format!("--cert-dir={}", dir.join("pki").display()),
+        &format!("--audit-policy-file={}", audit_policy.display()),
+        &format!(
+            "--audit-log-path={}",
+            paths.cluster.logs().join("audit.log").display()
+        ),
+        "--audit-log-format=json",
     ]);
     start(
         paths,
