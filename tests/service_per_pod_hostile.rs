@@ -14,51 +14,9 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use testbed::eventually;
-use testbed::service_per_pod::{
-    Fixture, Scope, Tweaks, install_rbac, ports, start_controller_with, statefulset,
-};
+use testbed::service_per_pod::{Fixture, ports, statefulset};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn grants(namespace: &str, blocks: &[u16]) -> Tweaks {
-    let list: Vec<String> = blocks
-        .iter()
-        .map(|first| format!("{namespace}={first}-{}", first + testbed::node_ports::BLOCK - 1))
-        .collect();
-    Tweaks {
-        env: vec![("PORT_GRANTS".to_owned(), list.join(","))],
-        via: None,
-    }
-}
-
-/// A namespaced controller granted only `count` blocks of the harness (instead of the whole range), so a
-/// test that asks for every port cannot take those of tests running beside it. The blocks, lowest first.
-async fn granted_fixture(prefix: &str, count: usize) -> (Fixture, Vec<u16>) {
-    let cluster = testbed::Cluster::connect().await;
-    let namespace = cluster.namespace(prefix).await;
-    let mut blocks = Vec::new();
-    for _ in 0..count {
-        blocks.push(namespace.node_port_block().await);
-    }
-    blocks.sort_unstable();
-    let deployment = install_rbac(&namespace.name, Scope::Namespace);
-    let tweaks = grants(&namespace.name, &blocks);
-    let controller = start_controller_with(
-        &cluster,
-        &namespace.name,
-        &deployment,
-        "service-per-pod-0",
-        &tweaks,
-    )
-    .await;
-    let fx = Fixture {
-        cluster,
-        namespace,
-        deployment,
-        controller,
-    };
-    (fx, blocks)
-}
 
 #[tokio::test]
 async fn a_label_shared_by_other_workloads_selects_only_the_statefulsets_own_pods() {
@@ -119,7 +77,7 @@ async fn a_label_shared_by_other_workloads_selects_only_the_statefulsets_own_pod
 
 #[tokio::test]
 async fn ports_never_granted_to_the_namespace_get_no_service_and_one_event() {
-    let (fx, blocks) = granted_fixture("spp-grant", 1).await;
+    let (fx, blocks) = Fixture::start_granted("spp-grant", 1).await;
     let granted = blocks[0];
     // A block the harness gave this test, but that the controller was not told to grant.
     let ungranted = fx.namespace.node_port_block().await;

@@ -10,53 +10,15 @@ use std::time::{Duration, Instant};
 use kube::api::PostParams;
 use serde_json::json;
 use testbed::measure::usage;
-use testbed::node_ports::BLOCK;
-use testbed::service_per_pod::{
-    Fixture, Scope, Tweaks, install_rbac, ports, start_controller_with, statefulset,
-};
+use testbed::service_per_pod::{Fixture, ports, statefulset};
 use testbed::{control_plane, eventually};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// A namespaced controller granted only `count` blocks of the harness, the lowest first.
-async fn granted_fixture(prefix: &str, count: usize) -> (Fixture, Vec<u16>) {
-    let cluster = testbed::Cluster::connect().await;
-    let namespace = cluster.namespace(prefix).await;
-    let mut blocks = Vec::new();
-    for _ in 0..count {
-        blocks.push(namespace.node_port_block().await);
-    }
-    blocks.sort_unstable();
-    let grants: Vec<String> = blocks
-        .iter()
-        .map(|first| format!("{}={first}-{}", namespace.name, first + BLOCK - 1))
-        .collect();
-    let deployment = install_rbac(&namespace.name, Scope::Namespace);
-    let tweaks = Tweaks {
-        env: vec![("PORT_GRANTS".to_owned(), grants.join(","))],
-        via: None,
-    };
-    let controller = start_controller_with(
-        &cluster,
-        &namespace.name,
-        &deployment,
-        "service-per-pod-0",
-        &tweaks,
-    )
-    .await;
-    let fx = Fixture {
-        cluster,
-        namespace,
-        deployment,
-        controller,
-    };
-    (fx, blocks)
-}
-
 #[tokio::test]
 async fn two_billion_replicas_cost_one_warning_per_reason_and_bounded_memory() {
     testbed::exclusive_cluster();
-    let (fx, blocks) = granted_fixture("spp-huge", 2).await;
+    let (fx, blocks) = Fixture::start_granted("spp-huge", 2).await;
     // The huge one gets the higher block: ports below its base are beyond its reach.
     let (low, high) = (blocks[0], blocks[1]);
     // kube-controller-manager's StatefulSet controller allocates a slot per replica (16 GiB for this

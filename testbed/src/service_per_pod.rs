@@ -192,6 +192,49 @@ impl Fixture {
         .await
     }
 
+    /// A namespaced controller granted only `count` node-port blocks of the harness instead of the whole
+    /// range (`PORT_GRANTS`), so a test that asks for every port cannot take those of tests running beside
+    /// it. Returns the blocks, lowest first.
+    pub async fn start_granted(prefix: &str, count: usize) -> (Self, Vec<u16>) {
+        let cluster = Cluster::connect().await;
+        let namespace = cluster.namespace(prefix).await;
+        let mut blocks = Vec::new();
+        for _ in 0..count {
+            blocks.push(namespace.node_port_block().await);
+        }
+        blocks.sort_unstable();
+        let grants: Vec<String> = blocks
+            .iter()
+            .map(|first| {
+                format!(
+                    "{}={first}-{}",
+                    namespace.name,
+                    first + crate::node_ports::BLOCK - 1
+                )
+            })
+            .collect();
+        let deployment = install_rbac(&namespace.name, Scope::Namespace);
+        let tweaks = Tweaks {
+            env: vec![("PORT_GRANTS".to_owned(), grants.join(","))],
+            via: None,
+        };
+        let controller = start_controller_with(
+            &cluster,
+            &namespace.name,
+            &deployment,
+            "service-per-pod-0",
+            &tweaks,
+        )
+        .await;
+        let fixture = Self {
+            cluster,
+            namespace,
+            deployment,
+            controller,
+        };
+        (fixture, blocks)
+    }
+
     /// Warning Events about StatefulSet `set` with `reason`: their messages.
     pub async fn warnings(&self, set: &str, reason: &str) -> Vec<String> {
         let events: Api<Event> = self.namespace.api();
