@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use testbed::control_plane;
 use testbed::eventually;
@@ -20,13 +20,12 @@ async fn the_controller_survives_an_api_server_and_etcd_restart_while_scaling() 
     testbed::exclusive_cluster();
     let mut fx = Fixture::start("spp-faults").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 3, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        3,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["jvb-0", "jvb-1", "jvb-2"], Duration::from_secs(10))
         .await;
 

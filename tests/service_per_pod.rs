@@ -22,10 +22,6 @@ use testbed::service_per_pod::{Fixture, ports, start_controller, statefulset, st
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn replicas(count: i32) -> Patch<serde_json::Value> {
-    Patch::Merge(json!({ "spec": { "replicas": count } }))
-}
-
 async fn service_writes(daemon: &Daemon) -> f64 {
     let mut total = 0.0;
     for verb in ["Create", "Patch", "Delete"] {
@@ -50,13 +46,12 @@ async fn every_pod_gets_a_service_as_the_contract_says() {
     let fx = Fixture::start("spp-contract").await;
     let base = i32::from(fx.namespace.node_port_block().await);
     let set = fx
-        .sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 3, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+        .create(&statefulset(
+            "jvb",
+            3,
+            &[("service-per-pod/base-port", &*base.to_string())],
+        ))
+        .await;
     let services = fx
         .wait_for_services(&["jvb-0", "jvb-1", "jvb-2"], 10 * SECOND)
         .await;
@@ -144,10 +139,7 @@ async fn protocols_and_selector_label_come_from_the_annotations() {
         ("service-per-pod/protocols", "TCP,UDP"),
         ("service-per-pod-label", "jvb-pod"),
     ];
-    fx.sets()
-        .create(&PostParams::default(), &statefulset("jvb", 1, &annotations))
-        .await
-        .unwrap();
+    fx.create(&statefulset("jvb", 1, &annotations)).await;
     let services = fx.wait_for_services(&["jvb-0"], 10 * SECOND).await;
     let mut found = ports(&services["jvb-0"]);
     found.sort();
@@ -215,13 +207,12 @@ async fn protocols_and_selector_label_come_from_the_annotations() {
 async fn a_terminating_pod_keeps_its_service_until_it_is_gone() {
     let fx = Fixture::start("spp-drain").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 3, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        3,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["jvb-0", "jvb-1", "jvb-2"], 10 * SECOND)
         .await;
     let pods: Api<Pod> = fx.namespace.api();
@@ -235,10 +226,7 @@ async fn a_terminating_pod_keeps_its_service_until_it_is_gone() {
         .await
         .unwrap();
 
-    fx.sets()
-        .patch("jvb", &PatchParams::default(), &replicas(1))
-        .await
-        .unwrap();
+    fx.scale("jvb", 1).await;
     eventually("pod jvb-1 gone and jvb-2 Terminating", 30 * SECOND, || async {
         let gone = pods.get_opt("jvb-1").await.ok()?.is_none();
         let terminating = pods
@@ -271,13 +259,12 @@ async fn a_terminating_pod_keeps_its_service_until_it_is_gone() {
 async fn a_deleted_or_edited_service_is_restored() {
     let fx = Fixture::start("spp-restore").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 2, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        2,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
 
     let deleted = Instant::now();
@@ -319,13 +306,12 @@ async fn a_deleted_or_edited_service_is_restored() {
 async fn removing_the_annotation_deletes_every_service() {
     let fx = Fixture::start("spp-optout").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 2, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        2,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
     let opt_out = json!({ "metadata": { "annotations": { "service-per-pod/base-port": null } } });
     fx.sets()
@@ -340,13 +326,12 @@ async fn removing_the_annotation_deletes_every_service() {
 async fn deleting_the_statefulset_garbage_collects_its_services() {
     let fx = Fixture::start("spp-gc").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 2, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        2,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
     // Stop the controller first: the garbage collector alone must remove the Services.
     let mut fx = fx;
@@ -363,13 +348,12 @@ async fn deleting_the_statefulset_garbage_collects_its_services() {
 async fn at_steady_state_the_controller_writes_nothing() {
     let fx = Fixture::start("spp-steady").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 3, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        3,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     let converged = fx
         .wait_until_settled(&["jvb-0", "jvb-1", "jvb-2"], 30 * SECOND)
         .await;
@@ -415,13 +399,12 @@ async fn at_steady_state_the_controller_writes_nothing() {
 async fn a_bad_base_port_is_reported_once_and_clobbers_nothing() {
     let fx = Fixture::start("spp-badport").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 2, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        2,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     let before = fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
 
     let bad = json!({ "metadata": { "annotations": { "service-per-pod/base-port": "thirty" } } });
@@ -435,10 +418,7 @@ async fn a_bad_base_port_is_reported_once_and_clobbers_nothing() {
         "{message}"
     );
     // More reconciles of the same broken StatefulSet: no second Event, and nothing touched.
-    fx.sets()
-        .patch("jvb", &PatchParams::default(), &replicas(3))
-        .await
-        .unwrap();
+    fx.scale("jvb", 3).await;
     tokio::time::sleep(2 * SECOND).await;
     assert_eq!(
         fx.warnings("jvb", "InvalidAnnotation").await.len(),
@@ -465,13 +445,8 @@ async fn ordinals_outside_the_node_port_range_get_no_service() {
     let fx = Fixture::start("spp-range").await;
     // The top of the range, on purpose: this block, whoever else wants it.
     fx.namespace.reserve_node_ports(32760).await;
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 3, &[("service-per-pod/base-port", "32766")]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset("jvb", 3, &[("service-per-pod/base-port", "32766")]))
+        .await;
     fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
     let message = fx.wait_for_warning("jvb", "PortOutOfRange").await;
     assert!(
@@ -486,26 +461,20 @@ async fn ordinals_outside_the_node_port_range_get_no_service() {
 async fn the_first_claim_keeps_a_contested_port_until_it_lets_go() {
     let fx = Fixture::start("spp-conflict").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("first", 2, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "first",
+        2,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["first-0", "first-1"], 10 * SECOND).await;
     // `second` wants base + 1 (held by first-1) and base + 2.
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset(
-                "second",
-                2,
-                &[("service-per-pod/base-port", &*(base + 1).to_string())],
-            ),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "second",
+        2,
+        &[("service-per-pod/base-port", &*(base + 1).to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["first-0", "first-1", "second-1"], 10 * SECOND)
         .await;
     let message = fx.wait_for_warning("second", "PortConflict").await;
@@ -522,10 +491,7 @@ async fn the_first_claim_keeps_a_contested_port_until_it_lets_go() {
     );
 
     // The conflict goes away: `second` gets the port without a restart of the controller.
-    fx.sets()
-        .patch("first", &PatchParams::default(), &replicas(1))
-        .await
-        .unwrap();
+    fx.scale("first", 1).await;
     let services = fx
         .wait_for_services(&["first-0", "second-0", "second-1"], 20 * SECOND)
         .await;
@@ -536,17 +502,12 @@ async fn the_first_claim_keeps_a_contested_port_until_it_lets_go() {
     .await;
 
     // A StatefulSet deleted while it loses a port takes its conflict with it.
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset(
-                "third",
-                1,
-                &[("service-per-pod/base-port", &*(base + 1).to_string())],
-            ),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "third",
+        1,
+        &[("service-per-pod/base-port", &*(base + 1).to_string())],
+    ))
+    .await;
     eventually("third to lose its contested port", 10 * SECOND, || async {
         (fx.controller.metric("service_per_pod_port_conflicts").await == 1.0).then_some(())
     })
@@ -555,10 +516,7 @@ async fn the_first_claim_keeps_a_contested_port_until_it_lets_go() {
         .delete("third", &DeleteParams::background())
         .await
         .unwrap();
-    fx.sets()
-        .patch("second", &PatchParams::default(), &replicas(3))
-        .await
-        .unwrap();
+    fx.scale("second", 3).await;
     eventually(
         "the deleted StatefulSet's conflict forgotten",
         10 * SECOND,
@@ -582,13 +540,12 @@ async fn a_foreign_service_of_the_wanted_name_is_left_untouched() {
         .create(&PostParams::default(), &foreign)
         .await
         .unwrap();
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 1, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        1,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     let message = fx.wait_for_warning("jvb", "ForeignService").await;
     assert!(
         message.contains("jvb-0") && message.contains("left untouched"),
@@ -617,13 +574,12 @@ async fn a_node_port_taken_by_another_service_is_reported_and_retried() {
         .create(&PostParams::default(), &squatter)
         .await
         .unwrap();
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 1, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        1,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     let message = fx.wait_for_warning("jvb", "NodePortRefused").await;
     assert!(
         message.contains(&base.to_string()) && message.contains("already allocated"),
@@ -650,13 +606,12 @@ async fn a_standby_takes_over_within_15_seconds_of_the_leader_dying() {
         "service-per-pod-1",
     )
     .await;
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 1, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        1,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["jvb-0"], 10 * SECOND).await;
 
     let leases: Api<Lease> = fx.namespace.api();
@@ -680,10 +635,7 @@ async fn a_standby_takes_over_within_15_seconds_of_the_leader_dying() {
         standby.kill()
     }
     let killed = Instant::now();
-    fx.sets()
-        .patch("jvb", &PatchParams::default(), &replicas(3))
-        .await
-        .unwrap();
+    fx.scale("jvb", 3).await;
     eventually("the standby to create the new Services", 15 * SECOND, || async {
         let names: Vec<String> = fx.service_map().await.into_keys().collect();
         (names == ["jvb-0", "jvb-1", "jvb-2"]).then_some(())
@@ -703,13 +655,12 @@ async fn a_standby_takes_over_within_15_seconds_of_the_leader_dying() {
 async fn a_restarted_controller_with_nothing_changed_writes_nothing() {
     let mut fx = Fixture::start("spp-restart").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 2, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        2,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     let converged = fx.wait_until_settled(&["jvb-0", "jvb-1"], 30 * SECOND).await;
     fx.controller.kill();
     fx.controller = start_controller(
@@ -746,13 +697,12 @@ async fn a_restarted_controller_with_nothing_changed_writes_nothing() {
 async fn deleting_the_statefulset_keeps_a_draining_pods_service_until_the_pod_is_gone() {
     let mut fx = Fixture::start("spp-orphan").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 3, &[("service-per-pod/base-port", &*base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        3,
+        &[("service-per-pod/base-port", &*base.to_string())],
+    ))
+    .await;
     let pods: Api<Pod> = fx.namespace.api();
     let pod_uid = eventually("pod jvb-2", 30 * SECOND, || async {
         pods.get_opt("jvb-2").await.ok()??.uid()
@@ -818,7 +768,7 @@ async fn a_changed_base_port_moves_only_pods_created_after_it() {
     // Pods are replaced only when deleted, so the old ones stay as they are.
     set.spec.as_mut().unwrap().update_strategy =
         serde_json::from_value(json!({ "type": "OnDelete" })).unwrap();
-    fx.sets().create(&PostParams::default(), &set).await.unwrap();
+    fx.create(&set).await;
     let pods: Api<Pod> = fx.namespace.api();
     eventually("pods jvb-0 and jvb-1", 30 * SECOND, || async {
         (pods.list(&Default::default()).await.ok()?.items.len() == 2).then_some(())

@@ -33,20 +33,15 @@ async fn a_label_shared_by_other_workloads_selects_only_the_statefulsets_own_pod
         pods.create(&PostParams::default(), &pod).await.unwrap();
     }
     // A StatefulSet named `shard` whose Services would select on that label.
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset(
-                "shard",
-                2,
-                &[
-                    ("service-per-pod/base-port", &base.to_string()),
-                    ("service-per-pod/label", "jitsi.org/shard"),
-                ],
-            ),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "shard",
+        2,
+        &[
+            ("service-per-pod/base-port", &base.to_string()),
+            ("service-per-pod/label", "jitsi.org/shard"),
+        ],
+    ))
+    .await;
     let services = fx.wait_for_services(&["shard-0", "shard-1"], 15 * SECOND).await;
     let set_uid = fx.sets().get("shard").await.unwrap().uid().unwrap();
     for service in services.values() {
@@ -81,13 +76,12 @@ async fn ports_never_granted_to_the_namespace_get_no_service_and_one_event() {
     let granted = blocks[0];
     // A block the harness gave this test, but that the controller was not told to grant.
     let ungranted = fx.namespace.node_port_block().await;
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 2, &[("service-per-pod/base-port", &ungranted.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        2,
+        &[("service-per-pod/base-port", &ungranted.to_string())],
+    ))
+    .await;
     let message = fx.wait_for_warning("jvb", "PortNotGranted").await;
     println!("{message}");
     assert!(
@@ -113,33 +107,23 @@ async fn ports_never_granted_to_the_namespace_get_no_service_and_one_event() {
 async fn a_reserved_block_is_kept_for_the_autoscaler() {
     let fx = Fixture::start("spp-reserve").await;
     let base = fx.namespace.node_port_block().await;
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset(
-                "bridges",
-                1,
-                &[
-                    ("service-per-pod/base-port", &base.to_string()),
-                    ("service-per-pod/max-replicas", "10"),
-                ],
-            ),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "bridges",
+        1,
+        &[
+            ("service-per-pod/base-port", &base.to_string()),
+            ("service-per-pod/max-replicas", "10"),
+        ],
+    ))
+    .await;
     fx.wait_for_services(&["bridges-0"], 15 * SECOND).await;
     // Created later, aiming at ports the first one has no pod for yet.
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset(
-                "squatter",
-                2,
-                &[("service-per-pod/base-port", &(base + 5).to_string())],
-            ),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "squatter",
+        2,
+        &[("service-per-pod/base-port", &(base + 5).to_string())],
+    ))
+    .await;
     let message = fx.wait_for_warning("squatter", "PortConflict").await;
     assert!(message.contains("/bridges"), "{message}");
     tokio::time::sleep(SECOND).await;
@@ -193,13 +177,12 @@ async fn a_node_port_refused_for_a_minute_is_taken_within_30_seconds_of_its_rele
         .create(&PostParams::default(), &squatter)
         .await
         .unwrap();
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 2, &[("service-per-pod/base-port", &base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        2,
+        &[("service-per-pod/base-port", &base.to_string())],
+    ))
+    .await;
     let message = fx.wait_for_warning("jvb", "NodePortRefused").await;
     assert!(message.contains("already allocated"), "{message}");
     // The set's other Service is not held up by the refused one.

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::PostParams;
 use serde_json::json;
 use testbed::measure::usage;
 use testbed::service_per_pod::{Fixture, ports, statefulset};
@@ -25,17 +24,12 @@ async fn two_billion_replicas_cost_one_warning_per_reason_and_bounded_memory() {
     // one, measured: it took the machine down), so it is stopped while the StatefulSet exists. Ours
     // needs no pod for this.
     let controller_manager = control_plane::kill("kube-controller-manager");
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset(
-                "huge",
-                i32::MAX,
-                &[("service-per-pod/base-port", &high.to_string())],
-            ),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "huge",
+        i32::MAX,
+        &[("service-per-pod/base-port", &high.to_string())],
+    ))
+    .await;
     // Its granted block, and nothing else.
     let block: Vec<String> = (0..testbed::node_ports::BLOCK)
         .map(|i| format!("huge-{i}"))
@@ -50,13 +44,12 @@ async fn two_billion_replicas_cost_one_warning_per_reason_and_bounded_memory() {
 
     // Another StatefulSet, created afterwards, is served at once.
     let asked = Instant::now();
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("next", 1, &[("service-per-pod/base-port", &low.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "next",
+        1,
+        &[("service-per-pod/base-port", &low.to_string())],
+    ))
+    .await;
     let next = eventually("Service next-0", 5 * SECOND, || async {
         fx.services().get_opt("next-0").await.ok().flatten()
     })

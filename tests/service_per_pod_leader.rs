@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use testbed::audit;
 use testbed::eventually;
@@ -48,13 +48,12 @@ async fn a_leader_whose_connection_hangs_stops_writing_before_the_standby_starts
     )
     .await;
     let base = fx.namespace.node_port_block().await;
-    fx.sets()
-        .create(
-            &PostParams::default(),
-            &statefulset("jvb", 1, &[("service-per-pod/base-port", &base.to_string())]),
-        )
-        .await
-        .unwrap();
+    fx.create(&statefulset(
+        "jvb",
+        1,
+        &[("service-per-pod/base-port", &base.to_string())],
+    ))
+    .await;
     fx.wait_for_services(&["jvb-0"], 15 * SECOND).await;
 
     // Work for the leader, and its connection hangs while it is at it.

@@ -130,6 +130,27 @@ impl Fixture {
         self.namespace.api()
     }
 
+    /// Creates `set` in the namespace; panics with the API server's words when refused.
+    pub async fn create(&self, set: &StatefulSet) -> StatefulSet {
+        self.sets()
+            .create(&kube::api::PostParams::default(), set)
+            .await
+            .unwrap_or_else(|e| panic!("creating StatefulSet {:?}: {e}", set.metadata.name))
+    }
+
+    /// Scales StatefulSet `name` to `replicas`.
+    pub async fn scale(&self, name: &str, replicas: i32) {
+        let patch = json!({ "spec": { "replicas": replicas } });
+        self.sets()
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("scaling StatefulSet {name}: {e}"));
+    }
+
     pub fn services(&self) -> Api<Service> {
         self.namespace.api()
     }
