@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
-use testbed::bridge_stub::{BridgeStub, StubConfig};
+use testbed::bridge_stub::{BridgeStub, Fault, StubConfig};
 use testbed::daemon::binary;
 use testbed::manifests::{self, kind};
 use testbed::{Cluster, eventually};
@@ -523,11 +523,11 @@ async fn drain_ends_when_the_bridge_exits_by_itself() {
     let mut args = vec!["drain", "--jvb-url"];
     let url = bridge.url();
     args.push(&url);
-    args.extend_from_slice(&["--interval", "1s", "--timeout", "30s"]);
+    args.extend_from_slice(&["--interval", "1s", "--timeout", "30s", "--gone-after", "1s"]);
     let output = finish(jvb_startup(&args, &[]).spawn().unwrap()).await;
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("stopped answering"), "{stderr}");
+    assert!(stderr.contains("refuses connections: it has exited"), "{stderr}");
 }
 
 #[tokio::test]
@@ -570,10 +570,20 @@ async fn drain_gives_up_at_the_timeout_on_a_bridge_that_never_empties() {
 }
 
 #[tokio::test]
-async fn drain_of_a_bridge_that_is_not_running_succeeds_at_once() {
+async fn drain_of_a_bridge_that_is_not_running_succeeds_once_its_port_keeps_refusing() {
     let closed = format!("127.0.0.1:{}", testbed::free_tcp_port().unwrap());
-    let output = finish(drain(&format!("http://{closed}"), &["--timeout", "5s"])).await;
+    let started = Instant::now();
+    let output = finish(drain(
+        &format!("http://{closed}"),
+        &["--timeout", "30s", "--gone-after", "1s"],
+    ))
+    .await;
+    let took = started.elapsed();
     assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     assert!(
         text(&output.stderr).contains("not running"),
         "{}",
@@ -596,5 +606,70 @@ async fn drain_only_enables_drain_mode_and_waits() {
         bridge.requests("POST /colibri/shutdown"),
         0,
         "drain mode only, no shutdown"
+    );
+}
+
+/// A busy bridge answers badly while it drains: errors, a long pause, a reset connection. None of it
+/// means the bridge is gone — the hook keeps waiting, and returns when the last participant has left.
+#[tokio::test]
+async fn drain_waits_through_errors_a_stall_and_a_reset_until_the_last_participant_leaves() {
+    let bridge = BridgeStub::start(StubConfig {
+        participants: Some(5),
+        leave_every: Some(Duration::from_millis(1500)),
+        // It does not exit by itself during the test: only the participants can end the wait.
+        exit_after_empty: Duration::from_secs(120),
+        ..StubConfig::default()
+    })
+    .await;
+    // The shutdown request itself is refused twice before it is taken.
+    bridge.inject("/colibri/shutdown", [Fault::Status(503), Fault::Status(500)]);
+    bridge.inject(
+        "/colibri/stats",
+        [
+            Fault::Status(500),
+            Fault::Status(503),
+            Fault::Reset,
+            Fault::Stall(Duration::from_secs(10)),
+        ],
+    );
+    let started = Instant::now();
+    let output = finish(drain(
+        &bridge.url(),
+        &[
+            "--timeout",
+            "60s",
+            "--request-timeout",
+            "2s",
+            "--gone-after",
+            "2s",
+        ],
+    ))
+    .await;
+    let took = started.elapsed();
+    let stderr = text(&output.stderr);
+    println!("{stderr}");
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(bridge.pending_faults(), 0, "every fault was met");
+    assert_eq!(bridge.requests("POST /colibri/shutdown"), 3, "asked until taken");
+    assert!(
+        stderr.contains("refused the graceful shutdown request"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("status=500") && stderr.contains("status=503"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("did not answer"),
+        "the reset and the stall: {stderr}"
+    );
+    assert!(stderr.contains("no participants left"), "{stderr}");
+    assert!(
+        !stderr.contains("exited") && !stderr.contains("not running"),
+        "{stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(10),
+        "it waited through the stall: {took:?}"
     );
 }

@@ -103,6 +103,12 @@ pub struct DrainArgs {
     #[arg(long, env = "DRAIN_ONLY")]
     pub drain_only: bool,
 
+    /// The bridge counts as gone only once its port has refused connections for this long (at least
+    /// three times in a row): a bridge that is slow, restarting its listener or briefly overloaded is not
+    /// gone.
+    #[arg(long, env = "DRAIN_GONE_AFTER", default_value = "3s", value_parser = daemon_kit::flags::parse_duration)]
+    pub gone_after: Duration,
+
     /// Timeout of each HTTP request to the bridge.
     #[arg(long, env = "DRAIN_REQUEST_TIMEOUT", default_value = "5s", value_parser = daemon_kit::flags::parse_duration)]
     pub request_timeout: Duration,

@@ -1,7 +1,11 @@
 //! `drain`: the preStop hook. Asks the bridge for a graceful shutdown (or drain mode), then waits
-//! until no participant is left on it, the bridge stops answering (it exits by itself, 1 minute after
-//! its last local endpoint left), or the timeout passes. Only a refused request is an error: whatever
-//! else happens, the pod must be allowed to go on stopping.
+//! until no participant is left on it, the bridge is gone (it exits by itself, 1 minute after its last
+//! local endpoint left), or the timeout passes.
+//!
+//! A busy bridge is exactly when this runs, so slowness is not absence: timeouts, error statuses, resets
+//! and bodies that are not stats are logged and tried again until the deadline. The bridge counts as gone
+//! only when its port *refuses* connections, again and again, for `--gone-after`. Only a disabled REST API
+//! (Jetty's HTML 404) fails at once: waiting would not change it.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,12 +22,6 @@ pub enum DrainError {
          (set COLIBRI_REST_ENABLED=true and SHUTDOWN_REST_ENABLED=true, as jvb-startup exec does)"
     )]
     RestDisabled { what: &'static str },
-    #[error("the bridge refused the {what} request with HTTP {status}: {body}")]
-    Refused {
-        what: &'static str,
-        status: u16,
-        body: String,
-    },
     #[error("--jvb-url {0:?} is not a valid URL")]
     BadUrl(String),
     #[error("cannot start: {0}")]
@@ -75,13 +73,31 @@ pub fn main(args: &DrainArgs) -> ExitCode {
     }
 }
 
-enum Poll {
-    Stats(Value),
-    /// Answered, but not with stats (REST stats disabled, an error page, ...).
-    NoStats(String),
-    /// Slow: did not answer within the request timeout. Not gone.
-    Slow,
-    Gone,
+/// How often to look again while the port refuses connections, to tell a restart from an exit.
+const REFUSED_RETRY: Duration = Duration::from_millis(500);
+
+/// Consecutive refusals, and since when: the bridge is gone once they last `gone_after`.
+#[derive(Debug, Default)]
+struct Refusals {
+    since: Option<Instant>,
+    count: u32,
+}
+
+impl Refusals {
+    /// Notes one more refusal; whether the port has now refused long enough (and often enough).
+    fn refused(&mut self, gone_after: Duration) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        self.count += 1;
+        self.count >= 3 && since.elapsed() >= gone_after
+    }
+
+    fn answered(&mut self) {
+        *self = Self::default();
+    }
+
+    fn any(&self) -> bool {
+        self.count > 0
+    }
 }
 
 pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
@@ -89,6 +105,17 @@ pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
     let api =
         BridgeApi::new(&base, args.request_timeout).map_err(|_| DrainError::BadUrl(args.jvb_url.clone()))?;
     let started = Instant::now();
+    let deadline = started + args.timeout;
+    let pause = |refusals: &Refusals| {
+        let wanted = if refusals.any() {
+            REFUSED_RETRY.min(args.interval)
+        } else {
+            args.interval
+        };
+        wanted
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(10))
+    };
 
     let (what, path, body) = if args.drain_only {
         ("drain", "/colibri/drain/enable", None)
@@ -99,83 +126,90 @@ pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
             Some(r#"{"graceful-shutdown": true}"#),
         )
     };
-    match api.post_json(path, body.unwrap_or_default()).await {
-        Err(Failure::Refused) => {
-            tracing::info!(url = %base, "the bridge is not running: nothing to drain");
-            return Ok(Outcome::NotRunning);
-        }
-        Err(error) => {
-            // A bridge too busy to answer in time still got the request or will get the next signal.
-            tracing::warn!(%error, "the {what} request got no answer; waiting for the bridge anyway");
-        }
-        Ok(answer) if answer.is_success() => tracing::info!("{what} requested"),
-        Ok(answer) => {
-            if answer.status == 404 && answer.is_html() {
+    let mut refusals = Refusals::default();
+    loop {
+        match api.post_json(path, body.unwrap_or_default()).await {
+            Ok(answer) if answer.is_success() => {
+                tracing::info!("{what} requested");
+                break;
+            }
+            Ok(answer) if answer.status == 404 && answer.is_html() => {
                 return Err(DrainError::RestDisabled { what });
             }
-            let body: String = answer.text().chars().take(200).collect();
-            return Err(DrainError::Refused {
-                what,
-                status: answer.status,
-                body,
-            });
+            Ok(answer) => {
+                refusals.answered();
+                let body: String = answer.text().chars().take(200).collect();
+                tracing::warn!(status = answer.status, %body, "the bridge refused the {what} request; asking again");
+            }
+            Err(Failure::Refused) => {
+                if refusals.refused(args.gone_after) {
+                    tracing::info!(url = %base, "the bridge is not running (its port refuses connections): nothing to drain");
+                    return Ok(Outcome::NotRunning);
+                }
+            }
+            Err(error) => {
+                refusals.answered();
+                tracing::warn!(%error, "the {what} request got no answer; asking again");
+            }
         }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "timeout of {:?} passed before the bridge took the {what} request; letting the pod stop",
+                args.timeout
+            );
+            return Ok(Outcome::TimedOut(None));
+        }
+        tokio::time::sleep(pause(&refusals)).await;
     }
 
     let mut last_known = None;
+    let mut refusals = Refusals::default();
     loop {
-        match poll(&api).await {
-            Poll::Gone => {
-                tracing::info!(elapsed = ?started.elapsed(), "the bridge stopped answering: it has exited");
-                return Ok(Outcome::BridgeGone);
+        match api.get("/colibri/stats").await {
+            Err(Failure::Refused) => {
+                if refusals.refused(args.gone_after) {
+                    tracing::info!(elapsed = ?started.elapsed(), "the bridge's port refuses connections: it has exited");
+                    return Ok(Outcome::BridgeGone);
+                }
+                tracing::info!("the bridge's port refused a connection; looking again");
             }
-            Poll::Stats(stats) => match participants(&stats) {
-                Some(0) => {
-                    tracing::info!(elapsed = ?started.elapsed(), "no participants left");
-                    return Ok(Outcome::Drained);
-                }
-                Some(left) => {
-                    last_known = Some(left);
-                    tracing::info!(participants = left, elapsed = ?started.elapsed(), "waiting for participants to leave");
-                }
-                None => {
-                    tracing::warn!("the bridge's stats carry no participant count; waiting for it to exit")
-                }
-            },
-            Poll::NoStats(why) => {
-                tracing::warn!("cannot read the bridge's stats ({why}); waiting for it to exit")
+            Err(error) => {
+                refusals.answered();
+                tracing::warn!(%error, "the bridge did not answer; still waiting");
             }
-            Poll::Slow => tracing::warn!(
-                "the bridge did not answer within {:?}; still waiting",
-                args.request_timeout
-            ),
+            Ok(answer) if !answer.is_success() => {
+                refusals.answered();
+                tracing::warn!(
+                    status = answer.status,
+                    "the bridge answered with an error; still waiting"
+                );
+            }
+            Ok(answer) => {
+                refusals.answered();
+                match serde_json::from_slice::<Value>(&answer.body)
+                    .ok()
+                    .as_ref()
+                    .and_then(participants)
+                {
+                    Some(0) => {
+                        tracing::info!(elapsed = ?started.elapsed(), "no participants left");
+                        return Ok(Outcome::Drained);
+                    }
+                    Some(left) => {
+                        last_known = Some(left);
+                        tracing::info!(participants = left, elapsed = ?started.elapsed(), "waiting for participants to leave");
+                    }
+                    None => tracing::warn!(
+                        "the bridge's answer carries no participant count; waiting for it to exit"
+                    ),
+                }
+            }
         }
-        let elapsed = started.elapsed();
-        if elapsed >= args.timeout {
+        if Instant::now() >= deadline {
             tracing::warn!(participants = ?last_known, "timeout of {:?} passed; letting the pod stop", args.timeout);
             return Ok(Outcome::TimedOut(last_known));
         }
-        tokio::time::sleep(
-            args.interval
-                .min(args.timeout.saturating_sub(elapsed))
-                .max(Duration::from_millis(10)),
-        )
-        .await;
-    }
-}
-
-async fn poll(api: &BridgeApi) -> Poll {
-    let answer = match api.get("/colibri/stats").await {
-        Ok(answer) => answer,
-        Err(Failure::Timeout) => return Poll::Slow,
-        Err(_) => return Poll::Gone,
-    };
-    if !answer.is_success() {
-        return Poll::NoStats(format!("HTTP {}", answer.status));
-    }
-    match serde_json::from_slice::<Value>(&answer.body) {
-        Ok(stats) => Poll::Stats(stats),
-        Err(_) => Poll::NoStats("not JSON".to_owned()),
+        tokio::time::sleep(pause(&refusals)).await;
     }
 }
 

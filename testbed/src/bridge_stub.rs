@@ -11,9 +11,11 @@
 //! - `GET /metrics`: native `jitsi_jvb_*` metrics as Prometheus text when asked with
 //!   `Accept: text/plain`, JSON otherwise (as older bridges did). No real capture of this endpoint
 //!   exists (`testdata/README.md`), so its body is synthetic, built from the documented metric names;
-//! - an optional delay before every answer (a slow or overloaded bridge).
+//! - an optional delay before every answer (a slow or overloaded bridge);
+//! - faults injected one request at a time ([`Fault`]): an error status, a stall of the whole bridge,
+//!   a connection reset (the socket closed with RST, no answer).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +27,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::testdata;
 
@@ -58,6 +60,17 @@ impl Default for StubConfig {
     }
 }
 
+/// What the next request of a path meets instead of (or before) the bridge's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and a short text body (a 500 or 503 of an overloaded bridge).
+    Status(u16),
+    /// The whole bridge stops answering for this long, from this request on (a long GC pause).
+    Stall(Duration),
+    /// The connection is reset: the socket is closed with RST and no answer is sent.
+    Reset,
+}
+
 #[derive(Debug)]
 struct Stub {
     config: StubConfig,
@@ -69,6 +82,12 @@ struct Stub {
     requests: BTreeMap<String, usize>,
     raw_stats: Option<String>,
     stop: Option<oneshot::Sender<()>>,
+    /// Faults still to meet, by path.
+    faults: BTreeMap<&'static str, VecDeque<Fault>>,
+    /// No answer before this instant.
+    stalled_until: Option<Instant>,
+    /// Bumped to reset every open connection.
+    resets: watch::Sender<u64>,
 }
 
 type Shared = Arc<Mutex<Stub>>;
@@ -94,6 +113,9 @@ impl BridgeStub {
             requests: BTreeMap::new(),
             raw_stats: None,
             stop: Some(stop),
+            faults: BTreeMap::new(),
+            stalled_until: None,
+            resets: watch::channel(0).0,
         }));
         let app = Router::new()
             .route("/colibri/stats", get(stats_handler))
@@ -106,14 +128,24 @@ impl BridgeStub {
             .await
             .expect("binding the stub bridge");
         let addr = listener.local_addr().expect("stub address");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let resets = state.lock().expect("stub state").resets.subscribe();
+        tokio::spawn(serve(listener, app, stopped, resets));
         Self { addr, state }
+    }
+
+    /// The next requests of `path` (`/colibri/stats`, `/colibri/shutdown`, ...) meet `faults`, one each.
+    pub fn inject(&self, path: &'static str, faults: impl IntoIterator<Item = Fault>) {
+        if let Ok(mut stub) = self.state.lock() {
+            stub.faults.entry(path).or_default().extend(faults);
+        }
+    }
+
+    /// Faults injected and not met yet.
+    pub fn pending_faults(&self) -> usize {
+        self.state
+            .lock()
+            .map(|s| s.faults.values().map(VecDeque::len).sum())
+            .unwrap_or(0)
     }
 
     pub fn url(&self) -> String {
@@ -174,10 +206,82 @@ impl Drop for BridgeStub {
     }
 }
 
-fn count(state: &Shared, key: &str) -> (StubConfig, Option<Instant>) {
-    let mut stub = state.lock().expect("stub state");
-    *stub.requests.entry(key.to_owned()).or_insert(0) += 1;
-    (stub.config.clone(), stub.leaving_since)
+/// Accepts connections and serves each with hyper, so that a [`Fault::Reset`] can drop them: every
+/// socket lingers 0 s, so dropping it sends RST.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stopped: oneshot::Receiver<()>,
+    resets: watch::Receiver<u64>,
+) {
+    // When the bridge exits, its open connections go with it.
+    let (exited, exit) = watch::channel(false);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stopped => {
+                exited.send_replace(true);
+                return;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let _ = stream.set_zero_linger();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut resets = resets.clone();
+        let generation = *resets.borrow_and_update();
+        let mut exit = exit.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = resets.wait_for(|now| *now != generation) => {}
+                _ = exit.wait_for(|exited| *exited) => {}
+            }
+        });
+    }
+}
+
+/// Counts the request, then plays the fault due for `path`, if any. `Some(response)`: answer that.
+async fn count_and_fault(
+    state: &Shared,
+    method: &str,
+    path: &'static str,
+) -> (StubConfig, Option<Instant>, Option<Response>) {
+    let (config, leaving_since, fault, stalled_until) = {
+        let mut stub = state.lock().expect("stub state");
+        *stub.requests.entry(format!("{method} {path}")).or_insert(0) += 1;
+        let fault = stub.faults.get_mut(path).and_then(VecDeque::pop_front);
+        if let Some(Fault::Stall(duration)) = fault {
+            stub.stalled_until = Some(Instant::now() + duration);
+        }
+        (stub.config.clone(), stub.leaving_since, fault, stub.stalled_until)
+    };
+    if let Some(until) = stalled_until {
+        tokio::time::sleep_until(until.into()).await;
+    }
+    tokio::time::sleep(config.delay).await;
+    let response = match fault {
+        Some(Fault::Status(code)) => Some(
+            (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "injected fault\n",
+            )
+                .into_response(),
+        ),
+        Some(Fault::Reset) => {
+            if let Ok(stub) = state.lock() {
+                stub.resets.send_modify(|generation| *generation += 1);
+            }
+            // The connection is dropped under this request: it never answers.
+            std::future::pending::<()>().await;
+            None
+        }
+        Some(Fault::Stall(_)) | None => None,
+    };
+    (config, leaving_since, response)
 }
 
 /// The exact page a bridge with its REST API disabled answers (Jetty's 404).
@@ -202,8 +306,10 @@ fn participants_now(config: &StubConfig, leaving_since: Option<Instant>) -> Opti
 }
 
 async fn stats_handler(State(state): State<Shared>) -> Response {
-    let (config, leaving_since) = count(&state, "GET /colibri/stats");
-    tokio::time::sleep(config.delay).await;
+    let (config, leaving_since, fault) = count_and_fault(&state, "GET", "/colibri/stats").await;
+    if let Some(response) = fault {
+        return response;
+    }
     if !config.rest_enabled {
         return rest_disabled();
     }
@@ -232,8 +338,10 @@ async fn stats_handler(State(state): State<Shared>) -> Response {
 }
 
 async fn shutdown_handler(State(state): State<Shared>, body: Bytes) -> Response {
-    let (config, _) = count(&state, "POST /colibri/shutdown");
-    tokio::time::sleep(config.delay).await;
+    let (config, _, fault) = count_and_fault(&state, "POST", "/colibri/shutdown").await;
+    if let Some(response) = fault {
+        return response;
+    }
     if !config.rest_enabled {
         return rest_disabled();
     }
@@ -278,8 +386,10 @@ async fn shutdown_handler(State(state): State<Shared>, body: Bytes) -> Response 
 }
 
 async fn drain_handler(State(state): State<Shared>) -> Response {
-    let (config, _) = count(&state, "POST /colibri/drain/enable");
-    tokio::time::sleep(config.delay).await;
+    let (_, _, fault) = count_and_fault(&state, "POST", "/colibri/drain/enable").await;
+    if let Some(response) = fault {
+        return response;
+    }
     if let Ok(mut stub) = state.lock() {
         stub.drain = true;
         // In drain mode existing conferences end on their own: participants leave as after a shutdown.
@@ -289,9 +399,8 @@ async fn drain_handler(State(state): State<Shared>) -> Response {
 }
 
 async fn health_handler(State(state): State<Shared>) -> Response {
-    let (config, _) = count(&state, "GET /about/health");
-    tokio::time::sleep(config.delay).await;
-    StatusCode::OK.into_response()
+    let (_, _, fault) = count_and_fault(&state, "GET", "/about/health").await;
+    fault.unwrap_or_else(|| StatusCode::OK.into_response())
 }
 
 /// Synthetic native metrics (see the module comment): the families jitsi.md names, in text format.
@@ -321,8 +430,10 @@ jvm_threads_current 58
 ";
 
 async fn native_handler(State(state): State<Shared>, headers: axum::http::HeaderMap) -> Response {
-    let (config, _) = count(&state, "GET /metrics");
-    tokio::time::sleep(config.delay).await;
+    let (_, _, fault) = count_and_fault(&state, "GET", "/metrics").await;
+    if let Some(response) = fault {
+        return response;
+    }
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
