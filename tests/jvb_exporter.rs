@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use testbed::bridge_stub::{BridgeStub, StubConfig};
+use testbed::bridge_stub::{BridgeStub, Fault, StubConfig};
 use testbed::daemon::Daemon;
 use testbed::promtool::{self, samples};
 
@@ -253,6 +253,180 @@ async fn concurrent_scrapes_share_one_upstream_request() {
     );
 }
 
+/// The native endpoint failing says nothing about the colibri stats: `jitsi_up` stays 1, and the
+/// failure shows in `jitsi_native_up` (which its own alert reads).
+#[tokio::test]
+async fn a_failing_native_endpoint_is_its_own_up_metric() {
+    let bridge = BridgeStub::start(StubConfig::default()).await;
+    let daemon = exporter(&bridge.url(), &["--source=both"]).await;
+    bridge.inject("/metrics", [Fault::Status(500)]);
+    let text = scrape(&daemon).await;
+    assert_lint_clean(&text);
+    let m = samples(&text);
+    assert_eq!(m["jitsi_up"], 1.0, "{text}");
+    assert_eq!(m["jitsi_native_up"], 0.0, "{text}");
+    assert_eq!(
+        m["jitsi_exporter_scrape_errors_total{source=\"native\",reason=\"http_status\"}"],
+        1.0
+    );
+    let again = samples(&scrape(&daemon).await);
+    assert_eq!((again["jitsi_up"], again["jitsi_native_up"]), (1.0, 1.0));
+}
+
+/// Lines the bridge's native endpoint gets wrong are left out and counted; the rest is served.
+#[tokio::test]
+async fn bad_native_lines_are_skipped_and_counted() {
+    let native = format!(
+        "{}jitsi_jvb_broken{{a=\"unterminated}} 1\nnot a metric\n",
+        testbed::bridge_stub::NATIVE_METRICS
+    );
+    let upstream = testbed::replay_server::start(vec![
+        (
+            "/colibri/stats",
+            "application/json",
+            testbed::testdata("colibri/2026-jvb-2.3.63-relay.json").into_bytes(),
+        ),
+        ("/metrics", "text/plain; version=0.0.4", native.into_bytes()),
+    ])
+    .unwrap();
+    let daemon = exporter(&format!("http://127.0.0.1:{upstream}"), &["--source=both"]).await;
+    let text = scrape(&daemon).await;
+    assert_lint_clean(&text);
+    let m = samples(&text);
+    assert_eq!(m["jitsi_native_up"], 1.0);
+    assert_eq!(m["jitsi_jvb_stress"], 0.05);
+    assert_eq!(
+        m["jitsi_exporter_skipped_total{reason=\"native_bad_line\"}"], 2.0,
+        "{text}"
+    );
+}
+
+/// 5 000 fields nobody knows: the output stays valid, and bounded.
+#[tokio::test]
+async fn five_thousand_unknown_fields_give_valid_capped_output() {
+    let bridge = BridgeStub::start(StubConfig::default()).await;
+    let mut stats: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&testbed::testdata("colibri/2026-jvb-2.3.63-relay.json")).unwrap();
+    for i in 0..5000 {
+        stats.insert(format!("invented_field_{i}"), i.into());
+    }
+    bridge.set_stats_raw(&serde_json::Value::Object(stats).to_string());
+    let daemon = exporter(&bridge.url(), &[]).await;
+    let text = scrape(&daemon).await;
+    assert_lint_clean(&text);
+    let m = samples(&text);
+    let invented = m
+        .keys()
+        .filter(|name| name.starts_with("jitsi_invented_field_"))
+        .count();
+    println!(
+        "{invented} of 5 000 unknown fields exported, {} lines in all",
+        text.lines().count()
+    );
+    assert_eq!(invented, 200);
+    assert_eq!(
+        m["jitsi_exporter_skipped_total{reason=\"too_many_fields\"}"],
+        4800.0
+    );
+    assert_eq!(m["jitsi_up"], 1.0);
+    assert!(
+        m.contains_key("jitsi_conferences"),
+        "known fields are never the ones left out"
+    );
+}
+
+/// An upstream that sends 100 MiB: the sidecar reads no more than its limit, stays small, and answers
+/// `jitsi_up 0` (reason `too_large`) within its timeout.
+#[tokio::test]
+async fn a_100_mib_body_gives_up_0_and_costs_no_memory() {
+    for with_length in [true, false] {
+        let upstream = huge_body_server(100 << 20, with_length).await;
+        let daemon = exporter(&format!("http://{upstream}"), &["--timeout=3s"]).await;
+        let started = Instant::now();
+        let text = scrape(&daemon).await;
+        let took = started.elapsed();
+        let m = samples(&text);
+        let memory = testbed::measure::usage(daemon.pid()).unwrap();
+        println!(
+            "Content-Length {with_length}: answered in {took:?}, peak RSS {:.1} MiB",
+            memory.peak_rss_mib
+        );
+        assert_eq!(m["jitsi_up"], 0.0);
+        assert_eq!(
+            m["jitsi_exporter_scrape_errors_total{source=\"colibri\",reason=\"too_large\"}"], 1.0,
+            "{text}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert!(memory.peak_rss_mib < 32.0, "{memory:?}");
+    }
+}
+
+/// Serves `size` bytes of JSON-looking garbage on any request, with or without a Content-Length.
+async fn huge_body_server(size: usize, with_length: bool) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let header = if with_length {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                };
+                if stream.write_all(header.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'7'; 64 * 1024];
+                let mut sent = 0;
+                while sent < size {
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A thousand connections opened and held without a word: a scrape still gets in, at once, and the
+/// sidecar's memory stays bounded.
+#[tokio::test]
+async fn a_thousand_idle_connections_do_not_keep_a_scrape_out() {
+    let bridge = BridgeStub::start(StubConfig::default()).await;
+    let daemon = exporter(&bridge.url(), &[]).await;
+    let addr = daemon.admin;
+    let held = tokio::task::spawn_blocking(move || {
+        (0..1000)
+            .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(held.len() >= 990, "{} connections held", held.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let text = scrape(&daemon).await;
+    let took = started.elapsed();
+    let memory = testbed::measure::usage(daemon.pid()).unwrap();
+    println!(
+        "with {} idle connections held: a scrape answered in {took:?}; peak RSS {:.1} MiB",
+        held.len(),
+        memory.peak_rss_mib
+    );
+    assert_eq!(samples(&text)["jitsi_up"], 1.0);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(memory.peak_rss_mib < 32.0, "{memory:?}");
+    drop(held);
+}
+
 #[tokio::test]
 async fn native_metrics_pass_through_with_the_accept_header() {
     let bridge = BridgeStub::start(StubConfig::default()).await;
@@ -272,6 +446,7 @@ async fn native_metrics_pass_through_with_the_accept_header() {
         text.contains(testbed::bridge_stub::NATIVE_METRICS.lines().next().unwrap()),
         "unchanged"
     );
+    assert_eq!(m["jitsi_native_up"], 1.0);
     assert_eq!(bridge.requests("GET /metrics"), 1);
 }
 

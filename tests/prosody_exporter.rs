@@ -215,3 +215,65 @@ async fn the_recorded_outputs() {
     );
     assert_eq!(m["prosody_exporter_skipped_lines_total"], 0.0);
 }
+
+/// Prosody's one thread is also the shard's signalling: fifty scrapes at once must reach it as one.
+#[tokio::test]
+async fn fifty_concurrent_scrapes_make_one_upstream_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let openmetrics = testbed::testdata("prosody/prosody-0.12.3-openmetrics-idle.txt");
+    let census_body = testbed::testdata("prosody/room-census-2022.json");
+    let (metrics_requests, census_requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (m, c) = (Arc::clone(&metrics_requests), Arc::clone(&census_requests));
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                m.fetch_add(1, Ordering::SeqCst);
+                let body = openmetrics.clone();
+                async move {
+                    // A Prosody busy with signalling: slow enough for every scrape to overlap.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=0.0.4",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/room-census",
+            get(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                let body = census_body.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    ([(header::CONTENT_TYPE, "application/json")], body)
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let daemon = exporter(&format!("http://{addr}")).await;
+    let scrapes: Vec<_> = (0..50).map(|_| scrape(&daemon)).collect();
+    let results = futures::future::join_all(scrapes).await;
+    assert!(
+        results
+            .iter()
+            .all(|m| m["prosody_up"] == 1.0 && m["jitsi_prosody_census_up"] == 1.0)
+    );
+    assert_eq!(
+        metrics_requests.load(Ordering::SeqCst),
+        1,
+        "50 scrapes, one /metrics request"
+    );
+    assert_eq!(
+        census_requests.load(Ordering::SeqCst),
+        1,
+        "and one /room-census request"
+    );
+}

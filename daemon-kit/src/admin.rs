@@ -107,15 +107,16 @@ impl BoundServer {
         self.addr
     }
 
-    /// Serves until `stop` resolves, then finishes the requests in flight.
+    /// Serves until `stop` resolves, then finishes the requests in flight; `limits` bounds what clients
+    /// can hold (see [`crate::http_server`]).
     pub async fn serve(
         self,
         router: Router,
+        limits: crate::http_server::ConnectionLimits,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let addr = self.addr;
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(stop)
+        crate::http_server::serve(self.listener, router, limits, stop)
             .await
             .map_err(|source| ServeError::Serve { addr, source })
     }
@@ -134,7 +135,11 @@ mod tests {
         registry.register("example_events", "Events seen", counter);
         let server = BoundServer::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = server.local_addr();
-        tokio::spawn(server.serve(router(readiness, Arc::new(registry)), std::future::pending()));
+        tokio::spawn(server.serve(
+            router(readiness, Arc::new(registry)),
+            crate::http_server::ConnectionLimits::default(),
+            std::future::pending(),
+        ));
         addr
     }
 

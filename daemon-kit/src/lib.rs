@@ -12,6 +12,10 @@ pub mod exporter;
 pub mod exposition;
 pub mod flags;
 #[cfg(feature = "server")]
+pub mod http_server;
+#[cfg(feature = "exporter")]
+pub mod openmetrics;
+#[cfg(feature = "server")]
 pub mod shutdown;
 pub mod telemetry;
 
@@ -27,6 +31,7 @@ use std::process::ExitCode;
 /// exit code.
 pub fn run_http_daemon(
     listen: SocketAddr,
+    limits: http_server::ConnectionLimits,
     router: impl FnOnce(admin::Readiness) -> axum::Router,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -55,7 +60,11 @@ pub fn run_http_daemon(
         readiness.set(true);
         tracing::info!(addr = %server.local_addr(), "serving /metrics");
         match server
-            .serve(router(readiness), async move { shutdown.draining().await })
+            .serve(
+                router(readiness),
+                limits,
+                async move { shutdown.draining().await },
+            )
             .await
         {
             Ok(()) => ExitCode::SUCCESS,

@@ -55,5 +55,8 @@ pub struct Cli {
     pub legacy_names: bool,
 
     #[command(flatten)]
+    pub connections: daemon_kit::http_server::ConnectionArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }

@@ -17,7 +17,19 @@ pub struct Converted {
     pub families: Vec<Family>,
     /// Fields skipped for their type: the known field's name, or `other`.
     pub field_errors: Vec<&'static str>,
+    /// What was left out to keep the output bounded: one of [`SKIPPED_REASONS`] per item.
+    pub skipped: Vec<&'static str>,
 }
+
+/// Why a well-formed part of the stats is left out: too many fields nobody knows (each would be a new
+/// family, without end), or a label value longer than anything real (a version, a region, a size).
+pub const SKIPPED_REASONS: [&str; 2] = ["too_many_fields", "label_too_long"];
+/// Families made from fields we do not know, per scrape. A bridge sends ~80 fields, all known.
+pub const MAX_UNKNOWN_FIELDS: usize = 200;
+/// Label values (versions, regions, relay ids, conference sizes) longer than this are left out.
+pub const MAX_LABEL_VALUE_LEN: usize = 128;
+/// Conference-size buckets per scrape.
+const MAX_SIZE_BUCKETS: usize = 64;
 
 /// Lower snake case of a field name, keeping only `[a-z0-9_]`.
 fn snake(field: &str) -> String {
@@ -103,10 +115,15 @@ fn conference_sizes(value: &Value) -> Option<Vec<(String, f64)>> {
             .collect(),
         Value::Object(summary) if summary.get("buckets").is_some_and(Value::is_object) => {
             let buckets = summary.get("buckets")?.as_object()?;
-            // Ranges only: `p99_upper_bound` and the like are not counts.
+            // Ranges only (`<n>_to_<m>`, `<n>_to_max`): `p99_upper_bound` and the like are not counts.
+            let digits = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
             buckets
                 .iter()
-                .filter(|(range, _)| range.contains("_to_"))
+                .filter(|(range, _)| {
+                    range
+                        .split_once("_to_")
+                        .is_some_and(|(low, high)| digits(low) && (digits(high) || high == "max"))
+                })
                 .map(|(range, count)| Some((range.clone(), number(count)?)))
                 .collect()
         }
@@ -187,10 +204,11 @@ impl FieldNames {
         slot.get_or_insert_with(|| {
             let metric = metric_name(field, counter);
             let legacy = if counter {
-                let legacy = format!("jitsi_{}", snake(field));
-                // A name with `milliseconds` cannot pass the lint, so it has no legacy twin.
-                let usable =
-                    is_valid_name(&legacy) && !legacy.contains("milliseconds") && !legacy.ends_with("_total");
+                // The Go exporter's name, as dashboards query it (`jitsi_total_video_stream_milliseconds_received`
+                // included, though `promtool` would rather see seconds: compatibility is the point).
+                let legacy = fields::legacy_name(field)
+                    .map_or_else(|| format!("jitsi_{}", snake(field)), str::to_owned);
+                let usable = is_valid_name(&legacy) && !legacy.ends_with("_total");
                 match (&metric, usable) {
                     (Some((current, _)), true) => Some((
                         legacy,
@@ -231,6 +249,7 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
         }
     };
     let mut uncached;
+    let mut unknown_families = 0usize;
     for (field, value) in stats {
         if value.is_null() {
             continue;
@@ -275,6 +294,7 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
                     converted.field_errors.push(error);
                     continue;
                 };
+                let is_known = names.known.is_some();
                 let derived = names.derived(field, kind);
                 let Some((name, scale)) = &derived.metric else {
                     converted.field_errors.push(error);
@@ -287,6 +307,13 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
                     kind: if counter { Type::Counter } else { Type::Gauge },
                     samples: vec![Sample::plain(raw * scale)],
                 };
+                if !is_known {
+                    if unknown_families >= MAX_UNKNOWN_FIELDS {
+                        converted.skipped.push(SKIPPED_REASONS[0]);
+                        continue;
+                    }
+                    unknown_families += 1;
+                }
                 if !push(&mut converted, family) {
                     converted.field_errors.push(error);
                     continue;
@@ -308,6 +335,10 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
                     converted.field_errors.push(error);
                     continue;
                 };
+                if text.len() > MAX_LABEL_VALUE_LEN {
+                    converted.skipped.push(SKIPPED_REASONS[1]);
+                    continue;
+                }
                 let label = snake(field);
                 push(
                     &mut converted,
@@ -320,10 +351,19 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
                 );
             }
             Kind::ConferenceSizes => {
-                let Some(sizes) = conference_sizes(value) else {
+                let Some(mut sizes) = conference_sizes(value) else {
                     converted.field_errors.push(error);
                     continue;
                 };
+                if sizes.len() > MAX_SIZE_BUCKETS {
+                    sizes.truncate(MAX_SIZE_BUCKETS);
+                    converted.skipped.push(SKIPPED_REASONS[0]);
+                }
+                let before = sizes.len();
+                sizes.retain(|(size, _)| size.len() <= MAX_LABEL_VALUE_LEN);
+                if sizes.len() < before {
+                    converted.skipped.push(SKIPPED_REASONS[1]);
+                }
                 let samples = sizes
                     .into_iter()
                     .map(|(size, count)| Sample::labelled("conference_size", &size, count))
@@ -383,16 +423,112 @@ mod tests {
     }
 
     #[test]
-    fn milliseconds_become_seconds_and_have_no_legacy_name() {
+    fn milliseconds_become_seconds_and_the_old_name_keeps_milliseconds() {
         let converted = convert(
             &object(json!({ "total_video_stream_milliseconds_received": 3357131 })),
             true,
         );
         assert_eq!(
             names(&converted),
-            vec![("jitsi_video_stream_seconds_received_total", Type::Counter)]
+            vec![
+                ("jitsi_video_stream_seconds_received_total", Type::Counter),
+                ("jitsi_total_video_stream_milliseconds_received", Type::Untyped)
+            ]
         );
         assert_eq!(converted.families[0].samples[0].value, 3357.131);
+        assert_eq!(converted.families[1].samples[0].value, 3357131.0);
+    }
+
+    /// Every name the Go exporter prints (read from its source into `testdata/go-exporter/`) is printed
+    /// by ours with `--legacy-names`, for a bridge that sends the field behind it.
+    #[test]
+    fn legacy_names_cover_every_name_of_the_go_exporter() {
+        let list = include_str!("../../testdata/go-exporter/metric-names.tsv");
+        let rows: Vec<(&str, &str)> = list
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| line.split_once('\t').unwrap())
+            .collect();
+        assert!(rows.len() > 80, "the whole list: {}", rows.len());
+        let mut stats = Map::new();
+        for (_, field) in &rows {
+            let value = match fields::kind_of(field) {
+                Some(Kind::Bool) => json!(true),
+                Some(Kind::Info) => json!("x"),
+                Some(Kind::ConferenceSizes) => json!([0, 2, 1]),
+                _ => json!(7),
+            };
+            stats.insert((*field).to_owned(), value);
+        }
+        let converted = convert(&stats, true);
+        let printed: Vec<String> = converted
+            .families
+            .iter()
+            .flat_map(|family| {
+                family.samples.iter().map(|sample| match sample.labels.first() {
+                    Some((label, _)) => format!("{}{}{{{label}}}", family.name, sample.suffix),
+                    None => format!("{}{}", family.name, sample.suffix),
+                })
+            })
+            .collect();
+        let missing: Vec<&str> = rows
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| !printed.iter().any(|printed| printed == name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "names of the Go exporter we do not print: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_unknown_fields_is_capped_and_counted() {
+        let mut stats = Map::new();
+        for i in 0..5000 {
+            stats.insert(format!("invented_field_{i}"), json!(i));
+        }
+        stats.insert("conferences".to_owned(), json!(3));
+        let converted = convert(&stats, true);
+        assert_eq!(
+            converted.families.len(),
+            MAX_UNKNOWN_FIELDS + 1,
+            "the known field is never the one left out"
+        );
+        assert!(
+            converted
+                .families
+                .iter()
+                .any(|family| family.name == "jitsi_conferences")
+        );
+        assert_eq!(converted.skipped.len(), 5000 - MAX_UNKNOWN_FIELDS);
+        assert!(
+            converted
+                .skipped
+                .iter()
+                .all(|reason| *reason == "too_many_fields")
+        );
+    }
+
+    #[test]
+    fn label_values_longer_than_anything_real_are_left_out() {
+        let converted = convert(
+            &object(json!({
+                "version": "v".repeat(500),
+                "region": "eu-west",
+                "conference_sizes": { "buckets": { "0_to_1": 1, "x_to_y": 2, "1_to_max": 4 } }
+            })),
+            true,
+        );
+        let names: Vec<&str> = converted.families.iter().map(|f| f.name.as_str()).collect();
+        assert!(!names.contains(&"jitsi_version_info") && names.contains(&"jitsi_region_info"));
+        assert_eq!(converted.skipped, vec!["label_too_long"]);
+        let sizes = converted
+            .families
+            .iter()
+            .find(|f| f.name == "jitsi_conference_sizes")
+            .unwrap();
+        assert_eq!(sizes.samples.len(), 2, "only <n>_to_<m> ranges become labels");
     }
 
     #[test]

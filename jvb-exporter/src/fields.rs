@@ -147,6 +147,20 @@ pub fn kind_of(field: &str) -> Option<Kind> {
     }
 }
 
+/// Names the Go exporter gave some cumulative fields, kept with `--legacy-names` because dashboards query
+/// them (its template prints these four without the `jitsi_` prefix). Every other cumulative field's
+/// old name is `jitsi_<field>`. `tests`: checked against the Go exporter's whole list of names
+/// (`testdata/go-exporter/metric-names.tsv`).
+pub fn legacy_name(field: &str) -> Option<&'static str> {
+    match field {
+        "total_ice_succeeded_relayed" => Some("total_ice_succeeded_relayed"),
+        "total_ice_succeeded" => Some("total_ice_succeeded"),
+        "total_ice_succeeded_tcp" => Some("total_ice_succeeded_tcp"),
+        "total_ice_failed" => Some("total_ice_failed"),
+        _ => None,
+    }
+}
+
 /// The known field names, for the bounded label of `jitsi_exporter_field_errors_total`.
 pub fn known(field: &str) -> Option<&'static str> {
     [GAUGES, COUNTERS, BOOLS, INFOS, SKIPPED]

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     };
     // One thread (daemon-kit's choice): a thread pool cost more CPU per scrape than it saved (measured with
     // `cargo xtask bench exporter`).
-    daemon_kit::run_http_daemon(cli.listen, |readiness| {
+    daemon_kit::run_http_daemon(cli.listen, cli.connections.limits(), |readiness| {
         daemon_kit::exporter::router(exporter, readiness)
     })
 }

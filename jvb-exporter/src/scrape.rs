@@ -10,8 +10,24 @@ use daemon_kit::exporter::{ErrorCounts, FetchError, SingleFlight, Upstream};
 use serde_json::{Map, Value};
 
 use crate::cli::Source;
+use crate::convert::SKIPPED_REASONS;
 use crate::convert::{NameCache, convert_cached};
-use crate::exposition::{Family, Sample, Type, build_info, encode, gauge, native_jvb_families};
+use crate::exposition::{Family, Sample, Type, build_info, encode, gauge};
+use daemon_kit::openmetrics;
+
+/// The bridge's own families are a few dozen: this much is room enough, and a bound.
+const NATIVE_LIMITS: openmetrics::Limits = openmetrics::Limits {
+    max_families: 500,
+    max_label_value_len: 128,
+};
+
+/// Every reason of `jitsi_exporter_skipped_total`, exported from the first scrape.
+const SKIP_REASONS: [&str; 4] = [
+    SKIPPED_REASONS[0],
+    SKIPPED_REASONS[1],
+    "native_bad_line",
+    "native_too_many_families",
+];
 
 /// Why a fetch from the bridge failed: a bounded set, the label of `jitsi_exporter_scrape_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,6 +89,8 @@ pub struct Exporter {
     legacy_names: bool,
     scrape_errors: ErrorCounts,
     field_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// What was left out to keep the output bounded, by reason.
+    skipped: Mutex<BTreeMap<&'static str, u64>>,
     names: Mutex<NameCache>,
     in_flight: SingleFlight<Bytes>,
 }
@@ -96,6 +114,7 @@ impl Exporter {
             legacy_names,
             scrape_errors: ErrorCounts::default(),
             field_errors: Mutex::default(),
+            skipped: Mutex::default(),
             names: Mutex::default(),
             in_flight: SingleFlight::default(),
         }))
@@ -119,7 +138,10 @@ impl Exporter {
         };
         let (colibri, native) = tokio::join!(colibri, native);
 
-        let mut up = true;
+        // `jitsi_up` is about the colibri stats alone (what the alerts and dashboards read); the native
+        // endpoint has its own `jitsi_native_up`, so a bridge whose native metrics fail is not "down".
+        let mut up = None;
+        let mut native_up = None;
         let mut out = String::with_capacity(16 * 1024);
         if let Some(result) = colibri {
             match result {
@@ -129,24 +151,39 @@ impl Exporter {
                         convert_cached(&stats, self.legacy_names, &mut names)
                     };
                     self.count_field_errors(&converted.field_errors);
+                    self.count_skipped(&converted.skipped);
                     encode(&converted.families, &mut out);
+                    up = Some(true);
                 }
                 Err(reason) => {
-                    up = false;
+                    up = Some(false);
                     self.count_scrape_error("colibri", reason);
                 }
             }
         }
         if let Some(result) = native {
             match result {
-                Ok(text) => out.push_str(&native_jvb_families(&text)),
+                Ok(text) => {
+                    let parsed = openmetrics::parse(&text, "the bridge", NATIVE_LIMITS);
+                    self.count_native_skipped(parsed.skipped_lines, parsed.skipped_families);
+                    let families: Vec<Family> = parsed
+                        .families
+                        .into_iter()
+                        .filter(|family| family.name.starts_with("jitsi_jvb_"))
+                        .collect();
+                    encode(&families, &mut out);
+                    native_up = Some(true);
+                }
                 Err(reason) => {
-                    up = false;
+                    native_up = Some(false);
                     self.count_scrape_error("native", reason);
                 }
             }
         }
-        encode(&self.own_families(up, started.elapsed().as_secs_f64()), &mut out);
+        encode(
+            &self.own_families(up, native_up, started.elapsed().as_secs_f64()),
+            &mut out,
+        );
         out
     }
 
@@ -190,7 +227,29 @@ impl Exporter {
         }
     }
 
-    fn own_families(&self, up: bool, duration: f64) -> Vec<Family> {
+    fn count_skipped(&self, reasons: &[&'static str]) {
+        if reasons.is_empty() {
+            return;
+        }
+        let mut skipped = self
+            .skipped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for reason in reasons {
+            *skipped.entry(reason).or_insert(0) += 1;
+        }
+    }
+
+    fn count_native_skipped(&self, lines: usize, families: usize) {
+        let mut skipped = self
+            .skipped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *skipped.entry("native_bad_line").or_insert(0) += lines as u64;
+        *skipped.entry("native_too_many_families").or_insert(0) += families as u64;
+    }
+
+    fn own_families(&self, up: Option<bool>, native_up: Option<bool>, duration: f64) -> Vec<Family> {
         let mut sources = Vec::new();
         if self.source.colibri() {
             sources.push("colibri");
@@ -198,12 +257,23 @@ impl Exporter {
         if self.source.native() {
             sources.push("native");
         }
-        let mut families = vec![
-            gauge(
+        let as_number = |up: bool| if up { 1.0 } else { 0.0 };
+        let mut families = Vec::new();
+        if let Some(up) = up {
+            families.push(gauge(
                 "jitsi_up",
-                "1 if the last scrape of the bridge succeeded, 0 if not",
-                if up { 1.0 } else { 0.0 },
-            ),
+                "1 if the last scrape of the bridge's /colibri/stats succeeded, 0 if not",
+                as_number(up),
+            ));
+        }
+        if let Some(up) = native_up {
+            families.push(gauge(
+                "jitsi_native_up",
+                "1 if the last scrape of the bridge's native /metrics succeeded, 0 if not",
+                as_number(up),
+            ));
+        }
+        families.extend([
             gauge(
                 "jitsi_scrape_duration_seconds",
                 "How long the last scrape of the bridge took",
@@ -216,7 +286,23 @@ impl Exporter {
                 &sources,
                 &Reason::ALL.map(Reason::as_str),
             ),
-        ];
+        ]);
+        let skipped = self
+            .skipped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        families.push(Family {
+            name: "jitsi_exporter_skipped_total".to_owned(),
+            help: "What the bridge sent and was left out to keep the output bounded, by reason".to_owned(),
+            kind: Type::Counter,
+            samples: SKIP_REASONS
+                .iter()
+                .map(|reason| {
+                    Sample::labelled("reason", reason, skipped.get(reason).copied().unwrap_or(0) as f64)
+                })
+                .collect(),
+        });
+        drop(skipped);
         let field_errors = self
             .field_errors
             .lock()

@@ -38,5 +38,8 @@ pub struct Cli {
     pub body_limit: usize,
 
     #[command(flatten)]
+    pub connections: daemon_kit::http_server::ConnectionArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    daemon_kit::run_http_daemon(cli.listen, |readiness| {
+    daemon_kit::run_http_daemon(cli.listen, cli.connections.limits(), |readiness| {
         daemon_kit::exporter::router(exporter, readiness)
     })
 }

@@ -10,7 +10,7 @@ use daemon_kit::exporter::{ErrorCounts, FetchError, SingleFlight, Upstream};
 use daemon_kit::exposition::{Family, Sample, Type, build_info, encode, gauge};
 
 use crate::census;
-use crate::openmetrics;
+use daemon_kit::openmetrics;
 
 /// Why a fetch from Prosody failed: a bounded set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,6 +82,7 @@ pub struct Exporter {
     census_url: Option<String>,
     errors: ErrorCounts,
     skipped_lines: AtomicU64,
+    skipped_families: AtomicU64,
     in_flight: SingleFlight<Bytes>,
 }
 
@@ -101,6 +102,7 @@ impl Exporter {
             census_url: census_path.map(path),
             errors: ErrorCounts::default(),
             skipped_lines: AtomicU64::new(0),
+            skipped_families: AtomicU64::new(0),
             in_flight: SingleFlight::default(),
         })
     }
@@ -118,9 +120,15 @@ impl Exporter {
         let mut out = String::with_capacity(32 * 1024);
         let prosody_up = match prosody {
             Ok(text) => {
-                let parsed = openmetrics::parse(&String::from_utf8_lossy(&text));
+                let parsed = openmetrics::parse(
+                    &String::from_utf8_lossy(&text),
+                    "Prosody",
+                    openmetrics::Limits::default(),
+                );
                 self.skipped_lines
                     .fetch_add(parsed.skipped_lines as u64, Ordering::Relaxed);
+                self.skipped_families
+                    .fetch_add(parsed.skipped_families as u64, Ordering::Relaxed);
                 // Odd lines are skipped, but a body with nothing usable is not Prosody speaking.
                 if parsed.families.is_empty() && parsed.skipped_lines > 0 {
                     self.count("prosody", Reason::NotOpenMetrics);
@@ -190,6 +198,7 @@ impl Exporter {
             ));
         }
         let skipped = self.skipped_lines.load(Ordering::Relaxed);
+        let skipped_families = self.skipped_families.load(Ordering::Relaxed);
         families.extend([
             gauge(
                 "prosody_exporter_scrape_duration_seconds",
@@ -203,6 +212,12 @@ impl Exporter {
                 &sources,
                 &Reason::ALL.map(Reason::as_str),
             ),
+            Family {
+                name: "prosody_exporter_skipped_families_total".to_owned(),
+                help: "Families of Prosody's metrics left out beyond the limit".to_owned(),
+                kind: Type::Counter,
+                samples: vec![Sample::plain(skipped_families as f64)],
+            },
             Family {
                 name: "prosody_exporter_skipped_lines_total".to_owned(),
                 help: "Lines of Prosody's metrics that did not parse and were left out".to_owned(),

@@ -102,11 +102,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let admin = BoundServer::bind(cli.admin_addr).await?;
     tracing::info!(addr = %admin.local_addr(), "admin server listening");
     let admin_stop = shutdown.clone();
-    let admin_task = tokio::spawn(
-        admin.serve(admin::router(readiness.clone(), Arc::new(registry)), async move {
-            admin_stop.draining().await
-        }),
-    );
+    let admin_task = tokio::spawn(admin.serve(
+        admin::router(readiness.clone(), Arc::new(registry)),
+        Default::default(),
+        async move { admin_stop.draining().await },
+    ));
 
     // The Lease is released only once the controller has stopped writing: `release` fires then.
     let (release, released) = tokio::sync::oneshot::channel::<()>();

@@ -1,17 +1,39 @@
-//! Prosody's OpenMetrics text (`mod_http_openmetrics`) → families in the Prometheus text format.
+//! An upstream's exposition (OpenMetrics, as Prosody's `mod_http_openmetrics` writes it, or the
+//! Prometheus text format, as a bridge's native `/metrics` does) → families to serve again.
 //!
-//! Parsed and re-encoded rather than copied, so what we serve is valid whatever Prosody sends: `# UNIT`
-//! and `# EOF` dropped, `_created` samples dropped, counters renamed to their `_total` sample name (the
-//! text format names a counter family by its sample), label values re-escaped, and any line that does not
-//! parse skipped and counted.
+//! Parsed and re-encoded rather than copied, so what we serve is valid whatever the upstream sends:
+//! `# UNIT` and `# EOF` dropped, `_created` samples dropped, counters renamed to their `_total` sample
+//! name (the text format names a counter family by its sample), label values re-escaped. Any line that
+//! does not parse, and any sample with a label value longer than the limit, is skipped and counted; so
+//! is every family beyond the limit — an upstream cannot make the output, or the series count, grow
+//! without end.
 
-use daemon_kit::exposition::{Family, Sample, Type, is_valid_name};
+use crate::exposition::{Family, Sample, Type, is_valid_name};
 
-/// Families to serve, and how many input lines were skipped as unparsable.
+/// How much of an upstream's exposition is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_families: usize,
+    pub max_label_value_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_families: 2000,
+            max_label_value_len: 256,
+        }
+    }
+}
+
+/// Families to serve, and what was left out.
 #[derive(Debug, Default, PartialEq)]
 pub struct Parsed {
     pub families: Vec<Family>,
+    /// Lines that did not parse, and samples whose label values were too long.
     pub skipped_lines: usize,
+    /// Families beyond [`Limits::max_families`].
+    pub skipped_families: usize,
 }
 
 /// One parsed sample: the suffix after its family's name, its labels, its value.
@@ -85,10 +107,16 @@ fn parse_value(text: &str) -> Option<f64> {
     }
 }
 
-fn finish(pending: Pending, parsed: &mut Parsed) {
+fn finish(pending: Pending, parsed: &mut Parsed, limits: Limits, source: &str) {
+    if parsed.families.len() >= limits.max_families {
+        if !pending.samples.is_empty() {
+            parsed.skipped_families += 1;
+        }
+        return;
+    }
     let help = pending
         .help
-        .unwrap_or_else(|| format!("{} (from Prosody)", pending.name));
+        .unwrap_or_else(|| format!("{} (from {source})", pending.name));
     let samples = |wanted: &[&str]| -> Vec<Sample> {
         pending
             .samples
@@ -167,7 +195,8 @@ fn finish(pending: Pending, parsed: &mut Parsed) {
     }
 }
 
-pub fn parse(text: &str) -> Parsed {
+/// Parses `text`; `source` names the upstream in the HELP of families that came without one.
+pub fn parse(text: &str, source: &str, limits: Limits) -> Parsed {
     let mut parsed = Parsed::default();
     let mut current: Option<Pending> = None;
     for line in text.lines() {
@@ -191,7 +220,7 @@ pub fn parse(text: &str) -> Parsed {
             }
             if current.as_ref().is_none_or(|c| c.name != name) {
                 if let Some(done) = current.take() {
-                    finish(done, &mut parsed);
+                    finish(done, &mut parsed, limits, source);
                 }
                 current = Some(Pending {
                     name: name.to_owned(),
@@ -226,6 +255,13 @@ pub fn parse(text: &str) -> Parsed {
             parsed.skipped_lines += 1;
             continue;
         };
+        if labels
+            .iter()
+            .any(|(_, value)| value.len() > limits.max_label_value_len)
+        {
+            parsed.skipped_lines += 1;
+            continue;
+        }
         let suffix = match current
             .as_ref()
             .and_then(|family| sample_name.strip_prefix(family.name.as_str()))
@@ -241,7 +277,7 @@ pub fn parse(text: &str) -> Parsed {
             _ => {
                 // A sample outside any declared family: its own untyped family.
                 if let Some(done) = current.take() {
-                    finish(done, &mut parsed);
+                    finish(done, &mut parsed, limits, source);
                 }
                 if !is_valid_name(sample_name) {
                     parsed.skipped_lines += 1;
@@ -263,7 +299,7 @@ pub fn parse(text: &str) -> Parsed {
         }
     }
     if let Some(done) = current.take() {
-        finish(done, &mut parsed);
+        finish(done, &mut parsed, limits, source);
     }
     parsed
 }
@@ -294,7 +330,7 @@ prosody_stats_seconds_sum 3.8e-06
 # TYPE prosody_empty counter
 # EOF
 ";
-        let parsed = parse(text);
+        let parsed = parse(text, "Prosody", Limits::default());
         let names: Vec<(&str, Type)> = parsed
             .families
             .iter()
@@ -314,7 +350,7 @@ prosody_stats_seconds_sum 3.8e-06
             ("ip_family".to_owned(), "ipv4".to_owned())
         );
         let mut histogram = String::new();
-        daemon_kit::exposition::encode(&parsed.families[2..], &mut histogram);
+        crate::exposition::encode(&parsed.families[2..], &mut histogram);
         assert_eq!(
             histogram,
             "# HELP prosody_stats_seconds stats times\n# TYPE prosody_stats_seconds histogram\n\
@@ -326,9 +362,36 @@ prosody_stats_seconds_sum 3.8e-06
 
     #[test]
     fn garbage_lines_are_skipped_and_counted() {
-        let parsed = parse("not a metric line\n# TYPE ok gauge\nok{a=\"unterminated} 1\nok 2\nbad-name 3\n");
+        let parsed = parse(
+            "not a metric line\n# TYPE ok gauge\nok{a=\"unterminated} 1\nok 2\nbad-name 3\n",
+            "Prosody",
+            Limits::default(),
+        );
         assert_eq!(parsed.families.len(), 1);
         assert_eq!(parsed.families[0].samples[0].value, 2.0);
         assert_eq!(parsed.skipped_lines, 3);
+    }
+
+    #[test]
+    fn families_and_label_values_beyond_the_limits_are_left_out_and_counted() {
+        let mut text = String::new();
+        for i in 0..10 {
+            text.push_str(&format!("# TYPE f{i} gauge\nf{i} {i}\n"));
+        }
+        text.push_str(&format!(
+            "# TYPE long gauge\nlong{{v=\"{}\"}} 1\n",
+            "x".repeat(300)
+        ));
+        let limits = Limits {
+            max_families: 4,
+            max_label_value_len: 256,
+        };
+        let parsed = parse(&text, "test", limits);
+        assert_eq!(parsed.families.len(), 4);
+        assert_eq!(parsed.skipped_families, 6);
+        assert_eq!(
+            parsed.skipped_lines, 1,
+            "the sample with a 300-character label value"
+        );
     }
 }
