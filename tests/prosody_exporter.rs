@@ -49,6 +49,12 @@ fn census(m: &BTreeMap<String, f64>) -> (f64, f64, f64, f64) {
 #[tokio::test]
 async fn real_rooms_of_1_2_and_5_occupants_and_their_leaving() {
     let prosody = Prosody::start(ProsodyOptions::default());
+    // What ships: the jitsi/prosody image runs Prosody 13.
+    assert!(
+        prosody.version().starts_with("13."),
+        "Prosody {}",
+        prosody.version()
+    );
     let daemon = exporter(&prosody.url()).await;
     let empty = scrape(&daemon).await;
     assert_eq!(
@@ -166,9 +172,9 @@ async fn prosody_stopped_gives_up_0_and_no_stale_values() {
     );
 }
 
-#[tokio::test]
-async fn the_recorded_outputs() {
-    let openmetrics = testbed::testdata("prosody/prosody-0.12.3-openmetrics-idle.txt");
+/// Serves a recorded `/metrics` body and the recorded census, as Prosody would; returns its address.
+async fn recorded_prosody(openmetrics_file: &str) -> std::net::SocketAddr {
+    let openmetrics = testbed::testdata(openmetrics_file);
     let census_body = testbed::testdata("prosody/room-census-2022.json");
     let app = Router::new()
         .route(
@@ -196,19 +202,19 @@ async fn the_recorded_outputs() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let daemon = exporter(&format!("http://{addr}")).await;
-    let m = scrape(&daemon).await;
+    addr
+}
+
+/// What both recorded versions share once re-encoded: valid text (checked in `scrape`), the census, no
+/// OpenMetrics-only samples, nothing skipped.
+fn assert_recorded(m: &BTreeMap<String, f64>) {
     assert_eq!((m["prosody_up"], m["jitsi_prosody_census_up"]), (1.0, 1.0));
     assert_eq!(
-        census(&m),
+        census(m),
         (1.0, 0.0, 0.0, 0.0),
         "one room with 0 participants, no leaked key"
     );
-    assert_eq!(m[CONNECTIONS], 0.0);
-    assert_eq!(
-        m["prosody_mod_bosh__new_sid_total"], 0.0,
-        "OpenMetrics counters keep their _total samples"
-    );
+    assert_eq!(m[LIVE_ROOMS], 0.0);
     assert!(
         !m.keys().any(|k| k.ends_with("_created")),
         "_created samples are OpenMetrics-only"
@@ -216,12 +222,37 @@ async fn the_recorded_outputs() {
     assert_eq!(m["prosody_exporter_skipped_lines_total"], 0.0);
 }
 
+#[tokio::test]
+async fn the_recorded_prosody_13_output() {
+    let addr = recorded_prosody("prosody/prosody-13.0.1-openmetrics.txt").await;
+    let daemon = exporter(&format!("http://{addr}")).await;
+    let m = scrape(&daemon).await;
+    assert_recorded(&m);
+    assert_eq!(
+        m["prosody_mod_s2s__accepted_tcp_total"], 0.0,
+        "counters keep their _total samples"
+    );
+}
+
+#[tokio::test]
+async fn the_recorded_prosody_0_12_output() {
+    let addr = recorded_prosody("prosody/prosody-0.12.3-openmetrics-idle.txt").await;
+    let daemon = exporter(&format!("http://{addr}")).await;
+    let m = scrape(&daemon).await;
+    assert_recorded(&m);
+    assert_eq!(m[CONNECTIONS], 0.0);
+    assert_eq!(
+        m["prosody_mod_bosh__new_sid_total"], 0.0,
+        "OpenMetrics counters keep their _total samples"
+    );
+}
+
 /// Prosody's one thread is also the shard's signalling: fifty scrapes at once must reach it as one.
 #[tokio::test]
 async fn fifty_concurrent_scrapes_make_one_upstream_request() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let openmetrics = testbed::testdata("prosody/prosody-0.12.3-openmetrics-idle.txt");
+    let openmetrics = testbed::testdata("prosody/prosody-13.0.1-openmetrics.txt");
     let census_body = testbed::testdata("prosody/room-census-2022.json");
     let (metrics_requests, census_requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (m, c) = (Arc::clone(&metrics_requests), Arc::clone(&census_requests));

@@ -1,4 +1,5 @@
-//! A real Prosody (Debian's 0.12) configured like the `jitsi/prosody` image — internal statistics,
+//! A real Prosody (Debian's 13, from bookworm-backports: what the `jitsi/prosody` image runs) configured
+//! like that image — internal statistics,
 //! `mod_http_openmetrics`, a MUC component without room locking, our `mod_muc_census` — and real XMPP
 //! clients (slixmpp, from PyPI) that join its rooms.
 
@@ -171,6 +172,16 @@ Component "{MUC}" "muc"
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The version Prosody says it is, from its first log line (`Hello and welcome to Prosody version …`).
+    pub fn version(&self) -> String {
+        self.log()
+            .lines()
+            .find_map(|line| line.split("Prosody version ").nth(1))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
     }
 
     pub fn log(&self) -> String {

@@ -21,11 +21,8 @@ pub struct Args {
 
 pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
     println!("==> packages: haproxy, prosody, dnsmasq (Debian)");
-    packages::ensure_commands(&[
-        ("haproxy", "haproxy"),
-        ("prosody", "prosody"),
-        ("dnsmasq", "dnsmasq-base"),
-    ])?;
+    packages::ensure_commands(&[("haproxy", "haproxy"), ("dnsmasq", "dnsmasq-base")])?;
+    packages::ensure_prosody()?;
     packages::ensure_python_venv()?;
     println!("==> local control plane (built from the Go module proxy the first time: a few minutes)");
     let started_cluster = cluster::up(paths)?;

@@ -7,20 +7,87 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 
 /// Command the tests run → the Debian package that ships it.
-const TEST_PROGRAMS: [(&str, &str); 4] = [
+const TEST_PROGRAMS: [(&str, &str); 3] = [
     ("promtool", "prometheus"),
     ("haproxy", "haproxy"),
-    ("prosody", "prosody"),
     // The DNS server that answers the SRV records HAProxy discovers shards through.
     ("dnsmasq", "dnsmasq-base"),
 ];
+
+/// The Prosody the `jitsi/prosody` image runs; Debian bookworm carries it in bookworm-backports.
+const PROSODY_MAJOR: &str = "13";
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
 
 /// What `cargo xtask test` needs.
 pub fn ensure_installed() -> Result<()> {
     which("go").context("Go is not installed: the control plane is built from the Go module proxy")?;
     which("kubectl").context("kubectl is not installed")?;
     ensure_commands(&TEST_PROGRAMS)?;
+    ensure_prosody()?;
     ensure_python_venv()
+}
+
+/// Prosody 13, what ships: from bookworm-backports on Debian 12 (the suite added when missing).
+pub fn ensure_prosody() -> Result<()> {
+    let installed = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "prosody"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if installed.starts_with(&format!("{PROSODY_MAJOR}.")) {
+        return Ok(());
+    }
+    let codename = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME=").map(str::to_owned))
+        .unwrap_or_default();
+    let target = (codename == "bookworm").then_some("bookworm-backports");
+    if !is_root() {
+        let from = target.map(|suite| format!(" -t {suite}")).unwrap_or_default();
+        bail!(
+            "the tests run Prosody {PROSODY_MAJOR} (what the jitsi/prosody image ships), found {:?};              install it with `sudo apt-get install -y{from} prosody`{}",
+            if installed.is_empty() {
+                "none"
+            } else {
+                installed.as_str()
+            },
+            if target.is_some() {
+                " after adding the bookworm-backports suite"
+            } else {
+                ""
+            }
+        );
+    }
+    if target.is_some() && !std::path::Path::new(BACKPORTS_SOURCE).exists() {
+        println!("==> adding Debian's bookworm-backports suite (Prosody {PROSODY_MAJOR})");
+        std::fs::write(
+            BACKPORTS_SOURCE,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )
+        .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
+    }
+    println!("==> installing Prosody {PROSODY_MAJOR}");
+    apt_get(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq"];
+    if let Some(suite) = target {
+        install.extend(["-t", suite]);
+    }
+    install.push("prosody");
+    apt_get(&install)
+}
+
+fn apt_get(args: &[&str]) -> Result<()> {
+    let status = Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(args)
+        .status()
+        .with_context(|| format!("running apt-get {}", args.join(" ")))?;
+    ensure!(status.success(), "apt-get {} failed ({status})", args.join(" "));
+    Ok(())
 }
 
 /// The XMPP test clients run in a virtualenv (slixmpp from PyPI): Debian's Python needs `python3-venv`.
@@ -57,19 +124,10 @@ fn install(packages: &[&str]) -> Result<()> {
         );
     }
     println!("==> installing Debian packages: {list}");
-    let update = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .status()
-        .context("running apt-get update")?;
-    ensure!(update.success(), "apt-get update failed ({update})");
-    let install = Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq"])
-        .args(packages)
-        .status()
-        .context("running apt-get install")?;
-    ensure!(install.success(), "apt-get install {list} failed ({install})");
-    Ok(())
+    apt_get(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend_from_slice(packages);
+    apt_get(&args)
 }
 
 fn is_root() -> bool {

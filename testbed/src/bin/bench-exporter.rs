@@ -39,7 +39,7 @@ enum Bench {
 }
 
 const STATS: &str = "colibri/2026-jvb-2.3.63-relay.json";
-const PROSODY_METRICS: &str = "prosody/prosody-0.12.3-openmetrics-idle.txt";
+const PROSODY_METRICS: &str = "prosody/prosody-13.0.1-openmetrics.txt";
 
 fn main() -> ExitCode {
     let result = match Cli::parse().bench {
@@ -198,7 +198,7 @@ fn prosody(duration: Duration) -> Result<String, String> {
     )?;
     Ok(format!(
         "# prosody-exporter benchmark\n\nMachine: {}.\n\
-         Upstream: a keep-alive HTTP server replaying Prosody 0.12's recorded `/metrics` \
+         Upstream: a keep-alive HTTP server replaying Prosody 13's recorded `/metrics` \
          (`testdata/{PROSODY_METRICS}`) and a census of 1 000 rooms in mod_muc_census's shape; load: \
          `wrk -t1 -c1 -d{}s --latency`.\n\n\
          | measure | Prosody's /metrics directly | through prosody-exporter | added |\n|---|---|---|---|\n\
