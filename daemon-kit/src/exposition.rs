@@ -1,10 +1,8 @@
-//! Metric families — what the exporters make of their upstream at each scrape — and their Prometheus text
-//! exposition (format 0.0.4, what `promtool check metrics` lints), written by prometheus-client. Pure.
+//! Metric families and their Prometheus text exposition (format 0.0.4, what `promtool check metrics`
+//! lints): names, HELP, TYPE, escaping and number formatting. For the exporters, whose families change
+//! from one scrape to the next and so do not fit a static registry. Pure.
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use std::fmt::Write as _;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -16,6 +14,17 @@ pub enum Type {
     Histogram,
     /// Old names kept for existing dashboards: no type is claimed for them.
     Untyped,
+}
+
+impl Type {
+    fn as_str(self) -> &'static str {
+        match self {
+            Type::Gauge => "gauge",
+            Type::Counter => "counter",
+            Type::Histogram => "histogram",
+            Type::Untyped => "untyped",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,135 +78,60 @@ pub fn is_valid_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
-/// Encodes `families` in the Prometheus text format (0.0.4) with prometheus-client's encoder: the families
-/// change from one scrape to the next, so they are handed to a per-scrape registry as one collector.
-/// (Measured against the encoder we had: within 3 % of a whole scrape, `examples/encoder_cost.rs` of
-/// jvb-exporter.)
+fn write_escaped(out: &mut String, text: &str, quote: bool) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+pub fn write_value(out: &mut String, value: f64) {
+    if value.is_nan() {
+        out.push_str("NaN");
+    } else if value.is_infinite() {
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        let _ = write!(out, "{}", value as i64);
+    } else {
+        let _ = write!(out, "{value}");
+    }
+}
+
 pub fn encode(families: &[Family], out: &mut String) {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Collected(families.to_vec())));
-    // Writing into a String cannot fail; a family the encoder refuses would be a bug of ours.
-    if let Err(error) = prometheus_client::encoding::prometheus_text::encode(out, &registry) {
-        tracing::error!(%error, "encoding metric families failed");
-    }
-}
-
-#[derive(Debug)]
-struct Collected(Vec<Family>);
-
-impl Collector for Collected {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for family in &self.0 {
-            match family.kind {
-                Type::Histogram => encode_histogram(family, &mut encoder)?,
-                Type::Untyped => {
-                    // Untyped samples keep whatever suffix they came with (`_info`, `_total`): one
-                    // family per suffix.
-                    let mut suffixes: Vec<&str> = family.samples.iter().map(|s| s.suffix).collect();
-                    suffixes.dedup();
-                    for suffix in suffixes {
-                        let name = format!("{}{suffix}", family.name);
-                        let mut metric =
-                            encoder.encode_descriptor(&name, &family.help, None, MetricType::Unknown)?;
-                        for sample in family.samples.iter().filter(|s| s.suffix == suffix) {
-                            Value(sample.value, MetricType::Unknown)
-                                .encode(metric.encode_family(&sample.labels)?)?;
-                        }
+    for family in families {
+        out.push_str("# HELP ");
+        out.push_str(&family.name);
+        out.push(' ');
+        write_escaped(out, &family.help, false);
+        out.push_str("\n# TYPE ");
+        out.push_str(&family.name);
+        out.push(' ');
+        out.push_str(family.kind.as_str());
+        out.push('\n');
+        for sample in &family.samples {
+            out.push_str(&family.name);
+            out.push_str(sample.suffix);
+            if !sample.labels.is_empty() {
+                out.push('{');
+                for (index, (name, value)) in sample.labels.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
                     }
+                    out.push_str(name);
+                    out.push_str("=\"");
+                    write_escaped(out, value, true);
+                    out.push('"');
                 }
-                Type::Gauge | Type::Counter => {
-                    let (name, kind) = if family.kind == Type::Counter {
-                        // prometheus-client names a counter family by its stem and adds `_total` itself.
-                        (
-                            family.name.strip_suffix("_total").unwrap_or(&family.name),
-                            MetricType::Counter,
-                        )
-                    } else {
-                        (family.name.as_str(), MetricType::Gauge)
-                    };
-                    let mut metric = encoder.encode_descriptor(name, &family.help, None, kind)?;
-                    for sample in &family.samples {
-                        Value(sample.value, kind).encode(metric.encode_family(&sample.labels)?)?;
-                    }
-                }
+                out.push('}');
             }
+            out.push(' ');
+            write_value(out, sample.value);
+            out.push('\n');
         }
-        Ok(())
-    }
-}
-
-/// A histogram's `_bucket`, `_sum`, `_count` samples, regrouped by their labels (all but `le`) into what
-/// the encoder takes: sum, count, and per-bucket (not cumulative) counts.
-fn encode_histogram(family: &Family, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    type Series = (f64, u64, Vec<(f64, f64)>);
-    let mut series: Vec<(Vec<(String, String)>, Series)> = Vec::new();
-    for sample in &family.samples {
-        let labels: Vec<(String, String)> = sample
-            .labels
-            .iter()
-            .filter(|(name, _)| name != "le")
-            .cloned()
-            .collect();
-        let index = match series.iter().position(|(known, _)| *known == labels) {
-            Some(index) => index,
-            None => {
-                series.push((labels, (0.0, 0, Vec::new())));
-                series.len() - 1
-            }
-        };
-        let entry = &mut series[index].1;
-        match sample.suffix {
-            "_sum" => entry.0 = sample.value,
-            "_count" => entry.1 = sample.value.max(0.0) as u64,
-            "_bucket" => {
-                let bound = sample
-                    .labels
-                    .iter()
-                    .find(|(name, _)| name == "le")
-                    .and_then(|(_, le)| match le.as_str() {
-                        "+Inf" | "Inf" => Some(f64::INFINITY),
-                        other => other.parse::<f64>().ok(),
-                    });
-                if let Some(bound) = bound {
-                    entry.2.push((bound, sample.value));
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut metric = encoder.encode_descriptor(&family.name, &family.help, None, MetricType::Histogram)?;
-    for (labels, (sum, count, mut buckets)) in series {
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut previous = 0.0;
-        let per_bucket: Vec<(f64, u64)> = buckets
-            .into_iter()
-            .map(|(bound, cumulative)| {
-                let own = (cumulative - previous).max(0.0);
-                previous = cumulative.max(previous);
-                (bound, own as u64)
-            })
-            .collect();
-        metric
-            .encode_family(&labels)?
-            .encode_histogram::<NoLabelSet>(sum, count, &per_bucket, None)?;
-    }
-    Ok(())
-}
-
-/// One sample's value, as the encoder wants a metric.
-#[derive(Debug)]
-struct Value(f64, MetricType);
-
-impl EncodeMetric for Value {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        match self.1 {
-            MetricType::Counter => encoder.encode_counter::<NoLabelSet, _, f64>(&self.0, None),
-            _ => encoder.encode_gauge(&self.0),
-        }
-    }
-
-    fn metric_type(&self) -> MetricType {
-        self.1
     }
 }
 
@@ -253,12 +187,6 @@ pub fn errors_by_source_and_reason(
 mod tests {
     use super::*;
 
-    fn text(families: &[Family]) -> String {
-        let mut out = String::new();
-        encode(families, &mut out);
-        out
-    }
-
     #[test]
     fn encodes_help_type_labels_and_escapes() {
         let families = vec![Family {
@@ -267,9 +195,11 @@ mod tests {
             kind: Type::Gauge,
             samples: vec![Sample::labelled("version", "2.3 \"x\"\n", 1.0)],
         }];
+        let mut out = String::new();
+        encode(&families, &mut out);
         assert_eq!(
-            text(&families),
-            "# HELP jitsi_version_info Version \\\\ of\\nthe bridge\n# TYPE jitsi_version_info gauge\njitsi_version_info{version=\"2.3 \\\"x\\\"\\n\"} 1.0\n"
+            out,
+            "# HELP jitsi_version_info Version \\\\ of\\nthe bridge\n# TYPE jitsi_version_info gauge\njitsi_version_info{version=\"2.3 \\\"x\\\"\\n\"} 1\n"
         );
     }
 
@@ -282,69 +212,30 @@ mod tests {
             &["timeout", "connect"],
             |source, reason| u64::from(source == "b" && reason == "connect"),
         );
+        let mut out = String::new();
+        encode(&[family], &mut out);
         assert_eq!(
-            text(&[family]),
+            out,
             "# HELP x_errors_total h\n# TYPE x_errors_total counter\n\
-             x_errors_total{source=\"a\",reason=\"timeout\"} 0.0\nx_errors_total{source=\"a\",reason=\"connect\"} 0.0\n\
-             x_errors_total{source=\"b\",reason=\"timeout\"} 0.0\nx_errors_total{source=\"b\",reason=\"connect\"} 1.0\n"
+             x_errors_total{source=\"a\",reason=\"timeout\"} 0\nx_errors_total{source=\"a\",reason=\"connect\"} 0\n\
+             x_errors_total{source=\"b\",reason=\"timeout\"} 0\nx_errors_total{source=\"b\",reason=\"connect\"} 1\n"
         );
     }
 
     #[test]
-    fn untyped_and_odd_values() {
-        let families = vec![
-            Family {
-                name: "old_name".into(),
-                help: "h".into(),
-                kind: Type::Untyped,
-                samples: vec![Sample::plain(6.18e-5)],
-            },
-            gauge("nan", "h", f64::NAN),
-            gauge("inf", "h", f64::INFINITY),
-        ];
-        let out = text(&families);
-        assert!(
-            out.contains("# TYPE old_name untyped\nold_name 0.0000618\n"),
-            "{out}"
-        );
-        assert!(out.contains("nan NaN\n") && out.contains("inf +Inf\n"), "{out}");
-    }
-
-    #[test]
-    fn histograms_are_regrouped_by_their_labels() {
-        let bucket = |host: &str, le: &str, value: f64| Sample {
-            suffix: "_bucket",
-            labels: vec![("host".into(), host.into()), ("le".into(), le.into())],
-            value,
+    fn values() {
+        let text = |v: f64| {
+            let mut out = String::new();
+            write_value(&mut out, v);
+            out
         };
-        let total = |suffix: &'static str, host: &str, value: f64| Sample {
-            suffix,
-            labels: vec![("host".into(), host.into())],
-            value,
-        };
-        let family = Family {
-            name: "x_seconds".into(),
-            help: "h".into(),
-            kind: Type::Histogram,
-            samples: vec![
-                bucket("a", "0.1", 2.0),
-                bucket("a", "+Inf", 3.0),
-                total("_sum", "a", 0.5),
-                total("_count", "a", 3.0),
-                bucket("b", "0.1", 0.0),
-                bucket("b", "+Inf", 1.0),
-                total("_sum", "b", 2.0),
-                total("_count", "b", 1.0),
-            ],
-        };
-        let out = text(&[family]);
-        assert!(
-            out.contains(
-                "x_seconds_bucket{host=\"a\",le=\"0.1\"} 2\nx_seconds_bucket{host=\"a\",le=\"+Inf\"} 3\n"
-            ),
-            "{out}"
-        );
-        assert!(out.contains("x_seconds_count{host=\"b\"} 1\n"), "{out}");
+        assert_eq!(text(3.0), "3");
+        assert_eq!(text(-2.0), "-2");
+        assert_eq!(text(0.25), "0.25");
+        assert_eq!(text(6.18e-5), "0.0000618");
+        assert_eq!(text(1e20), "100000000000000000000");
+        assert_eq!(text(f64::NAN), "NaN");
+        assert_eq!(text(f64::INFINITY), "+Inf");
     }
 
     #[test]

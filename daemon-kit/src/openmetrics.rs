@@ -355,7 +355,7 @@ prosody_stats_seconds_sum 3.8e-06
             histogram,
             "# HELP prosody_stats_seconds stats times\n# TYPE prosody_stats_seconds histogram\n\
              prosody_stats_seconds_bucket{le=\"0.1\"} 2\nprosody_stats_seconds_bucket{le=\"+Inf\"} 2\n\
-             prosody_stats_seconds_sum 0.0000038\nprosody_stats_seconds_count 2\n"
+             prosody_stats_seconds_count 2\nprosody_stats_seconds_sum 0.0000038\n"
         );
         assert_eq!(parsed.skipped_lines, 0);
     }

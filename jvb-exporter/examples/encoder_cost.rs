@@ -2,6 +2,12 @@
 //! `Registry` with a `Collector` yielding the families), on the families of a real stats document.
 //! `cargo run --release -p jvb-exporter --example encoder_cost`. Prints both costs, and what the
 //! difference is worth against a whole scrape (parse + convert + encode).
+//!
+//! Why the exporters keep their own encoder: here, in isolation, prometheus-client costs only 5 % more
+//! (15.3 µs against 14.5 µs per scrape); built into jvb-exporter, `cargo xtask bench exporter`
+//! measured 110 and 117 µs of CPU per scrape against 100 µs with ours (two runs each, back to back,
+//! 2 cores), and 6.0 MiB peak RSS against 4.5 MiB — over the 10 % we accept. The per-scrape registry,
+//! the families handed over by value and the regrouping of histograms are the difference.
 
 use std::time::Instant;
 

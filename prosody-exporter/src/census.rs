@@ -145,7 +145,7 @@ mod tests {
             "jitsi_prosody_room_participants_bucket{le=\"4\"} 2",
             "jitsi_prosody_room_participants_bucket{le=\"5\"} 3",
             "jitsi_prosody_room_participants_bucket{le=\"+Inf\"} 3",
-            "jitsi_prosody_room_participants_sum 8.0",
+            "jitsi_prosody_room_participants_sum 8",
             "jitsi_prosody_room_participants_count 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
