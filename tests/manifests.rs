@@ -92,6 +92,65 @@ fn seconds(duration: &str) -> u64 {
         }
 }
 
+/// Why a kubelet on a real cluster would not pull `image` as the same bits every time, if it would not:
+/// a short name (resolved through whatever registry the node's runtime defaults to), no tag or a moving
+/// one, or a Jitsi image from Docker Hub (Jitsi stopped publishing there in June 2026; a mirror in the
+/// operator's registry is fine).
+fn image_problem(image: &str) -> Option<String> {
+    let (name, tag) = match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, ""),
+    };
+    let registry = name.split_once('/').map(|(first, _)| first).unwrap_or_default();
+    let path = &name[registry.len()..].trim_start_matches('/');
+    if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+        return Some(format!("{image} does not name its registry"));
+    }
+    if tag.is_empty() || ["latest", "stable", "unstable", "nightly"].contains(&tag) {
+        return Some(format!("{image} is not pinned to a release tag"));
+    }
+    let jitsi = ["web", "jicofo", "prosody", "jvb"]
+        .iter()
+        .any(|j| *path == format!("jitsi/{j}"));
+    if jitsi && ["docker.io", "index.docker.io", "registry-1.docker.io"].contains(&registry) {
+        return Some(format!(
+            "{image}: Jitsi no longer publishes to Docker Hub, use ghcr.io/jitsi"
+        ));
+    }
+    None
+}
+
+#[test]
+fn the_image_check_refuses_what_would_not_pull_pinned() {
+    for bad in [
+        "jitsi/jvb:stable-11146-2",
+        "docker.io/jitsi/jvb:stable-11146-2",
+        "ghcr.io/jitsi/jvb",
+        "ghcr.io/jitsi/jvb:latest",
+        "ghcr.io/jitsi/web:stable",
+        "haproxy:3.2.18",
+        "localhost:5000/jvb-exporter",
+    ] {
+        assert!(image_problem(bad).is_some(), "{bad} passed");
+    }
+    for good in [
+        "ghcr.io/jitsi/jvb:stable-11146-2",
+        "docker.io/library/haproxy:3.2.18",
+        "localhost:5000/jitsi-k8s/jvb-exporter:0.1.0",
+        "registry.example.org:5000/jitsi/jvb:stable-11146-2",
+    ] {
+        assert_eq!(image_problem(good), None, "{good}");
+    }
+}
+
+/// A native sidecar (init container with `restartPolicy: Always`) runs beside the app: it is probed too.
+fn runs_to_completion(workload: &Value, container: &Value) -> bool {
+    container["restartPolicy"] != "Always"
+        && pod_spec(workload)["initContainers"]
+            .as_array()
+            .is_some_and(|inits| inits.contains(container))
+}
+
 #[test]
 fn every_container_is_pinned_sized_and_probed() {
     for (overlay, _, objects) in renderings() {
@@ -99,24 +158,125 @@ fn every_container_is_pinned_sized_and_probed() {
             for c in containers(workload) {
                 let at = format!("{overlay}: {}/{}", name(workload), c["name"]);
                 let image = c["image"].as_str().unwrap();
-                let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or_default();
-                assert!(
-                    !tag.is_empty() && tag != "latest" && !tag.contains('/'),
-                    "{at}: image {image} is not pinned by tag"
-                );
+                if let Some(problem) = image_problem(image) {
+                    panic!("{at}: {problem}");
+                }
+                if image.contains("/jitsi/") {
+                    assert!(
+                        image.starts_with("ghcr.io/jitsi/"),
+                        "{at}: {image} is not Jitsi's own"
+                    );
+                }
                 let resources = &c["resources"];
                 for field in ["/requests/cpu", "/requests/memory", "/limits/memory"] {
                     assert!(resources.pointer(field).is_some(), "{at}: no resources{field}");
                 }
-                let is_init = pod_spec(workload)["initContainers"]
-                    .as_array()
-                    .is_some_and(|inits| inits.contains(c));
-                if !is_init {
+                if !runs_to_completion(workload, c) {
                     for probe in ["readinessProbe", "livenessProbe"] {
                         assert!(c[probe].is_object(), "{at}: no {probe}");
                     }
                 }
             }
+        }
+    }
+}
+
+/// The bridge's metrics outlive the bridge: the exporter is a native sidecar started after jvb-startup
+/// is installed, so the kubelet stops it only once `jvb` has exited; and the alert for a drain that
+/// takes too long fires before the preStop hook gives up, which happens before the kubelet kills.
+#[test]
+fn the_bridge_exporter_outlives_the_drain_and_the_drain_alert_can_fire() {
+    let alerts =
+        std::fs::read_to_string(testbed::repo_root().join("manifests/base/monitoring/alerts.yaml")).unwrap();
+    let draining_for = alert_for(&alerts, "JitsiBridgeDrainingLong");
+    for (overlay, _, objects) in renderings() {
+        for bridges in of_kind(&objects, "StatefulSet").filter(|s| name(s).ends_with("-jvb")) {
+            let set = name(bridges);
+            let inits: Vec<&str> = pod_spec(bridges)["initContainers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(inits, ["install-jvb-startup", "jvb-exporter"], "{overlay}: {set}");
+            let exporter = container(bridges, "jvb-exporter");
+            assert_eq!(exporter["restartPolicy"], "Always", "{overlay}: {set}");
+            assert!(
+                pod_spec(bridges)["containers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["name"] != "jvb-exporter")
+            );
+
+            let drain = seconds(
+                env(container(bridges, "jvb"), "DRAIN_TIMEOUT").unwrap()["value"]
+                    .as_str()
+                    .unwrap(),
+            );
+            let grace = pod_spec(bridges)["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap();
+            assert!(
+                draining_for < drain,
+                "{overlay}: {set} gives up draining after {drain} s, the alert waits {draining_for} s"
+            );
+            assert!(
+                drain + 60 <= grace,
+                "{overlay}: {set}: {drain} s drain, {grace} s grace"
+            );
+
+            // Prometheus scrapes the port the sidecar serves.
+            let monitor = of_kind(&objects, "PodMonitor")
+                .find(|m| m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "jvb")
+                .expect("a PodMonitor for the bridges");
+            let port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+                .as_str()
+                .unwrap();
+            assert!(
+                exporter["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == port),
+                "{overlay}: the PodMonitor scrapes port {port}, which jvb-exporter does not serve"
+            );
+        }
+    }
+}
+
+/// The `for:` of an alert in a PrometheusRule file, in seconds.
+fn alert_for(rules: &str, alert: &str) -> u64 {
+    let rest = rules
+        .split_once(&format!("- alert: {alert}\n"))
+        .unwrap_or_else(|| panic!("no alert {alert}"))
+        .1;
+    let line = rest
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with("- alert:"))
+        .find_map(|l| l.trim().strip_prefix("for: "))
+        .unwrap_or_else(|| panic!("{alert} has no for:"));
+    seconds(line.trim())
+}
+
+/// An HPA owns the count of what it scales: a `replicas` in the manifest would be re-applied by every
+/// `kubectl apply`, fighting the autoscaler.
+#[test]
+fn nothing_an_hpa_scales_sets_its_own_replicas() {
+    for (overlay, _, objects) in renderings() {
+        for hpa in of_kind(&objects, "HorizontalPodAutoscaler") {
+            let target = &hpa["spec"]["scaleTargetRef"];
+            let scaled = named(
+                &objects,
+                target["kind"].as_str().unwrap(),
+                target["name"].as_str().unwrap(),
+            );
+            assert!(
+                scaled["spec"].get("replicas").is_none(),
+                "{overlay}: {} sets replicas although HPA {} scales it",
+                name(scaled),
+                name(hpa)
+            );
         }
     }
 }
@@ -240,26 +400,74 @@ fn every_shard_is_wired_to_itself_and_owns_a_distinct_port_block() {
         }
         if overlay == PRODUCTION {
             assert_eq!(blocks.len(), 2, "production runs two shards");
-            let zones: BTreeMap<&str, &Value> = workloads(&objects)
-                .filter_map(|w| {
-                    let shard = w["spec"]["template"]["metadata"]["labels"][SHARD_LABEL].as_str()?;
-                    Some((shard, &pod_spec(w)["nodeSelector"]["topology.kubernetes.io/zone"]))
-                })
-                .collect();
-            assert_eq!(zones["shard-0"], "zone-a");
-            assert_eq!(zones["shard-1"], "zone-b");
+            // Applies on any cluster: nothing pins pods to zones unless the operator opts in.
             for workload in workloads(&objects) {
-                if let Some(shard) = workload["spec"]["template"]["metadata"]["labels"][SHARD_LABEL].as_str()
-                {
-                    assert_eq!(
-                        &pod_spec(workload)["nodeSelector"]["topology.kubernetes.io/zone"],
-                        zones[shard],
-                        "{overlay}: {} is not pinned to its shard's zone",
-                        name(workload)
-                    );
-                }
+                assert!(
+                    pod_spec(workload).get("nodeSelector").is_none(),
+                    "{overlay}: {} is pinned: {}",
+                    name(workload),
+                    pod_spec(workload)["nodeSelector"]
+                );
             }
         }
+        every_shard_is_a_haproxy_server(overlay, &objects, blocks.keys());
+    }
+}
+
+/// HAProxy knows each shard by name: server `<shard>` resolves `<shard>-web`, the shard's headless
+/// Service, on the port its web pods serve.
+fn every_shard_is_a_haproxy_server<'a>(
+    overlay: &str,
+    objects: &[Value],
+    bridge_sets: impl Iterator<Item = &'a String>,
+) {
+    let config = of_kind(objects, "ConfigMap")
+        .find_map(|c| c["data"]["haproxy.cfg"].as_str())
+        .unwrap_or_else(|| panic!("{overlay}: no ConfigMap holds haproxy.cfg"));
+    let haproxy = container(named(objects, "StatefulSet", "haproxy"), "haproxy");
+    let shard_port = env(haproxy, "HAPROXY_SHARD_PORT").unwrap()["value"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        env(haproxy, "HAPROXY_SHARD_DOMAIN").unwrap()["value"],
+        "$(POD_NAMESPACE).svc.cluster.local"
+    );
+    for set in bridge_sets {
+        let shard = set.strip_suffix("-jvb").unwrap();
+        assert!(
+            config.contains(&format!(
+                "  server {shard} \"{shard}-web.${{HAPROXY_SHARD_DOMAIN}}:${{HAPROXY_SHARD_PORT}}\"\n"
+            )),
+            "{overlay}: haproxy.cfg has no server for {shard}"
+        );
+        let service = named(objects, "Service", &format!("{shard}-web"));
+        assert_eq!(
+            service["spec"]["clusterIP"], "None",
+            "{overlay}: {shard}-web is not headless"
+        );
+        assert_eq!(service["spec"]["selector"][SHARD_LABEL], shard, "{overlay}");
+        let web = named(objects, "Deployment", &format!("{shard}-web"));
+        assert!(
+            service["spec"]["selector"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &web["spec"]["template"]["metadata"]["labels"][k] == v),
+            "{overlay}: {shard}-web does not select its web pods"
+        );
+        let service_port = &service["spec"]["ports"][0];
+        assert_eq!(
+            service_port["port"].to_string(),
+            shard_port,
+            "{overlay}: {shard}-web"
+        );
+        let container_port = container(web, "web")["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == service_port["targetPort"])
+            .unwrap_or_else(|| panic!("{overlay}: {shard}-web's targetPort is not a web port"));
+        assert_eq!(container_port["containerPort"].to_string(), shard_port);
     }
 }
 
@@ -479,10 +687,9 @@ fn advertising_from_the_node_turns_on_the_token_the_flag_and_the_node_reader_bin
     );
 }
 
-/// docs/deploying.md's procedure, followed literally on a copy of `manifests/`.
-#[test]
-fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
-    let copy = testbed::repo_root().join(format!("target/shard-procedure-{}", std::process::id()));
+/// A scratch copy of `manifests/` under `target/`, for following the docs' edits literally.
+fn copy_of_manifests(purpose: &str) -> std::path::PathBuf {
+    let copy = testbed::repo_root().join(format!("target/{purpose}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&copy);
     std::fs::create_dir_all(&copy).unwrap();
     let status = std::process::Command::new("cp")
@@ -491,14 +698,80 @@ fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
         .current_dir(testbed::repo_root())
         .status();
     assert!(status.unwrap().success());
+    copy
+}
+
+/// components/zone-pinning as its header says: a zone.yaml and the component in each shard's folder.
+#[test]
+fn zone_pinning_puts_each_shard_in_the_zone_its_operator_names() {
+    let copy = copy_of_manifests("zone-pinning");
     let production = copy.join("manifests/overlays/production");
-    // 1. copy the folder; 2. change its name, base port and zone; 3. list it.
+    let header =
+        std::fs::read_to_string(copy.join("manifests/components/zone-pinning/kustomization.yaml")).unwrap();
+    // The zone.yaml of the header, uncommented, up to its `zone:` line.
+    let mut zone_file = String::new();
+    for line in header.lines().skip_while(|l| !l.contains("apiVersion: v1")) {
+        let line = line.strip_prefix("#   ").unwrap();
+        let line = line.split(" #").next().unwrap().trim_end();
+        zone_file += line;
+        zone_file.push('\n');
+        if line.trim_start().starts_with("zone:") {
+            break;
+        }
+    }
+    assert!(zone_file.contains("kind: ConfigMap"), "{zone_file}");
+    for (shard, zone) in [("shard-0", "europe-west1-b"), ("shard-1", "europe-west1-c")] {
+        let folder = production.join(shard);
+        std::fs::write(
+            folder.join("zone.yaml"),
+            zone_file.replace("europe-west1-b", zone),
+        )
+        .unwrap();
+        let kustomization = std::fs::read_to_string(folder.join("kustomization.yaml")).unwrap();
+        assert!(kustomization.contains("  - ../../../base/shard\n"));
+        std::fs::write(
+            folder.join("kustomization.yaml"),
+            kustomization.replace(
+                "  - ../../../base/shard\n",
+                "  - ../../../base/shard\n  - zone.yaml\ncomponents:\n  - ../../../components/zone-pinning\n",
+            ),
+        )
+        .unwrap();
+    }
+    let objects = manifests::render_dir(&production);
+    assert!(
+        of_kind(&objects, "ConfigMap").all(|c| !name(c).contains("shard-zone")),
+        "the zone's ConfigMap is kustomize's input only"
+    );
+    let mut pinned = 0;
+    for workload in workloads(&objects) {
+        let zone = &pod_spec(workload)["nodeSelector"]["topology.kubernetes.io/zone"];
+        match workload["spec"]["template"]["metadata"]["labels"][SHARD_LABEL].as_str() {
+            Some("shard-0") => assert_eq!(zone, "europe-west1-b", "{}", name(workload)),
+            Some("shard-1") => assert_eq!(zone, "europe-west1-c", "{}", name(workload)),
+            _ => assert!(
+                zone.is_null(),
+                "{} belongs to no shard but is pinned",
+                name(workload)
+            ),
+        }
+        pinned += usize::from(!zone.is_null());
+    }
+    assert_eq!(pinned, 8, "web, jicofo, prosody and jvb of two shards");
+    std::fs::remove_dir_all(&copy).unwrap();
+}
+
+/// docs/deploying.md's procedure, followed literally on a copy of `manifests/`.
+#[test]
+fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
+    let copy = copy_of_manifests("shard-procedure");
+    let production = copy.join("manifests/overlays/production");
+    // 1. copy the folder; 2. change its name and base port; 3. list it.
     let shard_1 = std::fs::read_to_string(production.join("shard-1/kustomization.yaml")).unwrap();
     assert_eq!(shard_1.matches("shard-1").count(), 2, "the docs say two places");
     let shard_2 = shard_1
         .replace("shard-1", "shard-2")
-        .replace("\"30400\"", "\"30500\"")
-        .replace("zone-b", "zone-c");
+        .replace("\"30400\"", "\"30500\"");
     std::fs::create_dir_all(production.join("shard-2")).unwrap();
     std::fs::write(production.join("shard-2/kustomization.yaml"), shard_2).unwrap();
     let parent = std::fs::read_to_string(production.join("kustomization.yaml")).unwrap();
@@ -516,14 +789,12 @@ fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
         bridges["spec"]["template"]["metadata"]["labels"][SHARD_LABEL],
         "shard-2"
     );
-    assert_eq!(
-        pod_spec(bridges)["nodeSelector"]["topology.kubernetes.io/zone"],
-        "zone-c"
-    );
     let prosody = named(&objects, "Service", "shard-2-prosody");
     assert_eq!(prosody["spec"]["selector"][SHARD_LABEL], "shard-2");
     named(&objects, "Deployment", "shard-2-web");
     named(&objects, "Deployment", "shard-2-jicofo");
+    // HAProxy already has a server for it: the Service it resolves now exists.
+    every_shard_is_a_haproxy_server("shard-2", &objects, ["shard-2-jvb".to_owned()].iter());
     let hpa = named(&objects, "HorizontalPodAutoscaler", "shard-2-jvb");
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "shard-2-jvb");
     assert_eq!(

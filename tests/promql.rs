@@ -184,6 +184,7 @@ fn promtool_accepts_every_expression_and_every_alert() {
     for alert in [
         "JitsiBridgeUnreachable",
         "JitsiBridgeOverloaded",
+        "JitsiBridgeDrainingLong",
         "JitsiBridgeAutoscalerAtMaximum",
         "ServicePerPodReconcileErrors",
         "ServicePerPodPortConflict",
@@ -263,10 +264,10 @@ async fn every_metric_name_used_is_produced_by_our_exporters_or_listed_as_standa
     let bridges = of_kind(&objects, "StatefulSet")
         .find(|s| s["metadata"]["name"] == "shard-0-jvb")
         .unwrap();
-    let sidecar = bridges["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap()
+    let pod = &bridges["spec"]["template"]["spec"];
+    let sidecar = ["initContainers", "containers"]
         .iter()
+        .flat_map(|field| pod[field].as_array().into_iter().flatten())
         .find(|c| c["name"] == "jvb-exporter")
         .unwrap();
     let stub = BridgeStub::start(StubConfig::default()).await;

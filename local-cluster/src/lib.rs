@@ -31,17 +31,17 @@ pub struct Node {
 pub const NODES: [Node; 3] = [
     Node {
         name: "kwok-node-0",
-        zone: "zone-a",
+        zone: "local-1a",
         ip: Ipv4Addr::new(127, 0, 10, 1),
     },
     Node {
         name: "kwok-node-1",
-        zone: "zone-b",
+        zone: "local-1b",
         ip: Ipv4Addr::new(127, 0, 10, 2),
     },
     Node {
         name: "kwok-node-2",
-        zone: "zone-a",
+        zone: "local-1a",
         ip: Ipv4Addr::new(127, 0, 10, 3),
     },
 ];

@@ -1,12 +1,13 @@
 //! HAProxy as `manifests/base/haproxy` runs it — the `haproxy.cfg` and `start.sh` of the rendered ConfigMap,
 //! the environment of the rendered StatefulSet — with Debian's `haproxy`, and what it needs around it: web
-//! stand-ins for the shards, and dnsmasq answering the SRV records of the `web` Service as the cluster DNS
-//! would.
+//! stand-ins for the shards' web pods, each on a loopback address of its own, and dnsmasq answering the
+//! A records of each shard's headless `<shard>-web` Service as the cluster DNS would.
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,7 +17,7 @@ use local_cluster::{free_tcp_port, free_udp_port};
 
 use crate::manifests::{self, kind};
 
-/// The namespace the shard discovery name is resolved for.
+/// The namespace the shards' names are resolved for.
 pub const NAMESPACE: &str = "jitsi";
 
 /// What the rendered manifests give HAProxy.
@@ -26,8 +27,12 @@ pub struct Rendered {
     pub config_dir: PathBuf,
     /// The StatefulSet's `HAPROXY_REPLICAS`.
     pub replicas: usize,
-    /// `HAPROXY_SHARD_SRV` with `$(POD_NAMESPACE)` resolved to [`NAMESPACE`].
-    pub shard_srv: String,
+    /// `HAPROXY_SHARD_DOMAIN` with `$(POD_NAMESPACE)` resolved to [`NAMESPACE`].
+    pub shard_domain: String,
+    /// `HAPROXY_SHARD_PORT`: the web pods' port in the cluster (tests replace it with their own).
+    pub shard_port: u16,
+    /// How long a terminating web pod keeps serving after it left DNS (its preStop sleep).
+    pub web_pre_stop: Duration,
 }
 
 /// Renders `overlay` and writes its HAProxy ConfigMap's files under `target/haproxy-tests/<label>/`.
@@ -43,6 +48,8 @@ pub fn render(overlay: &str, label: &str) -> Rendered {
         })
         .expect("the overlay carries the HAProxy ConfigMap");
     let config_dir = crate::repo_root().join("target/haproxy-tests").join(label);
+    // Logs of an earlier run would be mistaken for this one's.
+    let _ = std::fs::remove_dir_all(&config_dir);
     std::fs::create_dir_all(&config_dir).expect("creating the config folder");
     for file in ["haproxy.cfg", "start.sh"] {
         let text = config_map["data"][file]
@@ -59,12 +66,36 @@ pub fn render(overlay: &str, label: &str) -> Rendered {
             .unwrap_or_else(|| panic!("the StatefulSet sets no {name}"))
             .to_owned()
     };
+    let web = objects
+        .iter()
+        .find(|o| {
+            kind(o) == "Deployment"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-web"))
+        })
+        .expect("the overlay has a web Deployment");
+    let pre_stop =
+        &web["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"];
+    let web_pre_stop = match pre_stop
+        .as_array()
+        .map(|c| c.iter().filter_map(|a| a.as_str()).collect::<Vec<_>>())
+    {
+        Some(command) if command.len() == 2 && command[0] == "/bin/sleep" => {
+            Duration::from_secs(command[1].parse().expect("the web preStop sleeps whole seconds"))
+        }
+        _ => panic!("the web container's preStop is not `/bin/sleep <seconds>`: {pre_stop}"),
+    };
     Rendered {
+        web_pre_stop,
         config_dir,
         replicas: env("HAPROXY_REPLICAS")
             .parse()
             .expect("HAPROXY_REPLICAS is a number"),
-        shard_srv: env("HAPROXY_SHARD_SRV").replace("$(POD_NAMESPACE)", NAMESPACE),
+        shard_domain: env("HAPROXY_SHARD_DOMAIN").replace("$(POD_NAMESPACE)", NAMESPACE),
+        shard_port: env("HAPROXY_SHARD_PORT")
+            .parse()
+            .expect("HAPROXY_SHARD_PORT is a port"),
     }
 }
 
@@ -77,7 +108,12 @@ struct Group {
 
 impl Group {
     fn spawn(mut command: Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("creating a log file");
+        // Appended to: a restarted process keeps what its predecessor logged.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("opening a log file");
         let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
@@ -117,10 +153,18 @@ pub struct Replica {
     process: Group,
 }
 
+/// What the replicas of one test share: where peers listen (peer i on 127.0.10i.1, a loopback address of
+/// its own, at `peer_port`), the DNS server, and the port every web pod listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Wiring {
+    pub peer_port: u16,
+    pub nameserver: SocketAddr,
+    pub web_port: u16,
+}
+
 impl Replica {
-    /// Replica `ordinal` of `rendered.replicas`; every replica of a test must get the same `peer_port`
-    /// (peer i listens on 127.0.10i.1, a loopback address of its own).
-    pub fn start(rendered: &Rendered, ordinal: usize, peer_port: u16, nameserver: SocketAddr) -> Self {
+    /// Replica `ordinal` of `rendered.replicas`.
+    pub fn start(rendered: &Rendered, ordinal: usize, wiring: Wiring) -> Self {
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().expect("a free port"))
             .parse()
             .expect("address");
@@ -135,12 +179,13 @@ impl Replica {
             .env("HAPROXY_REPLICAS", rendered.replicas.to_string())
             .env(
                 "HAPROXY_PEER_ADDRESS",
-                format!("127.0.10{{ordinal}}.1:{peer_port}"),
+                format!("127.0.10{{ordinal}}.1:{}", wiring.peer_port),
             )
             .env("HAPROXY_LOCAL_PEER", format!("haproxy-{ordinal}"))
             .env("HAPROXY_RUNTIME_DIR", &runtime_dir)
-            .env("HAPROXY_SHARD_SRV", &rendered.shard_srv)
-            .env("HAPROXY_NAMESERVER", nameserver.to_string())
+            .env("HAPROXY_SHARD_DOMAIN", &rendered.shard_domain)
+            .env("HAPROXY_SHARD_PORT", wiring.web_port.to_string())
+            .env("HAPROXY_NAMESERVER", wiring.nameserver.to_string())
             .env("HAPROXY_HTTP_BIND", http.to_string())
             .env("HAPROXY_METRICS_BIND", metrics.to_string())
             // Debian installs haproxy in /usr/sbin.
@@ -161,24 +206,32 @@ impl Replica {
     }
 }
 
-/// One shard's web, standing in for the jitsi/web image (which cannot run here): answers every request
-/// with the shard's name.
+/// One web pod of a shard, standing in for the jitsi/web image (which cannot run here): answers every
+/// request with the shard's name, and says which pod answered in the `x-web-pod` header.
 #[derive(Debug)]
 pub struct ShardWeb {
-    pub name: String,
+    pub shard: String,
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// The response header naming the web pod (its address) that answered.
+pub const WEB_POD_HEADER: &str = "x-web-pod";
+
 impl ShardWeb {
-    pub async fn start(name: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    /// Web pod `pod` of shard number `shard_index`, on 127.0.(20 + shard_index).(1 + pod) at `port`: like
+    /// pods, every web pod has an address of its own and they all use the same port.
+    pub async fn start(shard_index: u8, pod: u8, port: u16) -> Self {
+        let shard = format!("shard-{shard_index}");
+        let addr = SocketAddr::from(([127, 0, 20 + shard_index, 1 + pod], port));
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("binding a shard's port");
-        let addr = listener.local_addr().expect("local address");
+            .unwrap_or_else(|e| panic!("binding web pod {pod} of {shard} to {addr}: {e}"));
         let app = Router::new()
-            .fallback(|State(name): State<String>| async move { name })
-            .with_state(name.to_owned());
+            .fallback(|State((shard, pod)): State<(String, String)>| async move {
+                ([(WEB_POD_HEADER, pod)], shard)
+            })
+            .with_state((shard.clone(), addr.ip().to_string()));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -188,7 +241,7 @@ impl ShardWeb {
                 .await;
         });
         ShardWeb {
-            name: name.to_owned(),
+            shard,
             addr,
             stop: Some(stop),
         }
@@ -203,37 +256,36 @@ impl Drop for ShardWeb {
     }
 }
 
-/// dnsmasq answering `srv_name` with one SRV record per shard (target `<shard>.web.<namespace>...`, the
-/// shard's port) and the A records of those targets, as CoreDNS does for a headless Service.
+/// dnsmasq answering `<shard>-web.<domain>` with the addresses of that shard's web pods, as CoreDNS does
+/// for the shard's headless Service (only the pods it is given: the ready ones).
 #[derive(Debug)]
 pub struct Dns {
     pub addr: SocketAddr,
-    srv_name: String,
+    domain: String,
     work_dir: PathBuf,
     process: Option<Group>,
 }
 
 impl Dns {
-    pub fn start(srv_name: &str, shards: &[&ShardWeb], work_dir: &Path) -> Self {
+    pub fn start(domain: &str, web_pods: &[&ShardWeb], work_dir: &Path) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port().expect("a free port"))
             .parse()
             .expect("address");
         let mut dns = Dns {
             addr,
-            srv_name: srv_name.to_owned(),
+            domain: domain.to_owned(),
             work_dir: work_dir.to_owned(),
             process: None,
         };
-        dns.serve(shards);
+        dns.serve(web_pods);
         dns
     }
 
-    /// Restarts dnsmasq on the same port with these shards only.
-    pub fn serve(&mut self, shards: &[&ShardWeb]) {
+    /// Restarts dnsmasq on the same port with these web pods only.
+    pub fn serve(&mut self, web_pods: &[&ShardWeb]) {
         if let Some(mut old) = self.process.take() {
             old.stop();
         }
-        let weight = 100 / shards.len().max(1);
         let mut command = Command::new("dnsmasq");
         command.args([
             "--keep-in-foreground",
@@ -246,18 +298,13 @@ impl Dns {
             "--log-queries",
             &format!("--port={}", self.addr.port()),
         ]);
-        let domain = self
-            .srv_name
-            .split_once("._tcp.")
-            .map_or("", |(_, domain)| domain);
-        for shard in shards {
-            let target = format!("{}.{domain}", shard.name);
+        for pod in web_pods {
             command.arg(format!(
-                "--srv-host={},{target},{},0,{weight}",
-                self.srv_name,
-                shard.addr.port()
+                "--host-record={}-web.{},{}",
+                pod.shard,
+                self.domain,
+                pod.addr.ip()
             ));
-            command.arg(format!("--host-record={target},{}", shard.addr.ip()));
         }
         command.env(
             "PATH",

@@ -19,7 +19,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use testbed::bridge_stub::{BridgeStub, StubConfig};
 use testbed::daemon::Daemon;
-use testbed::haproxy::{self, Dns, Replica, ShardWeb};
+use testbed::haproxy::{self, Dns, Replica, ShardWeb, Wiring};
 use testbed::manifests::{self, named, repo_root};
 use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
 use testbed::service_per_pod::start_controller;
@@ -145,16 +145,19 @@ async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
         prosody_exporter.admin
     );
 
-    step("HAProxy (real, rendered config) finds shard-0's web through SRV records and keeps rooms on it");
-    let rendered = haproxy::render(OVERLAY, "demo");
-    let web = ShardWeb::start("shard-0").await;
-    let _dns = Dns::start(&rendered.shard_srv, &[&web], &rendered.config_dir);
-    let haproxy = Replica::start(
-        &rendered,
-        0,
-        testbed::free_tcp_port().expect("a free port"),
-        _dns.addr,
+    step(
+        "HAProxy (real, rendered config) finds shard-0's web through its headless Service and keeps rooms on it",
     );
+    let rendered = haproxy::render(OVERLAY, "demo");
+    let web_port = testbed::free_tcp_port().expect("a free port");
+    let web = ShardWeb::start(0, 0, web_port).await;
+    let dns = Dns::start(&rendered.shard_domain, &[&web], &rendered.config_dir);
+    let wiring = Wiring {
+        peer_port: testbed::free_tcp_port().expect("a free port"),
+        nameserver: dns.addr,
+        web_port,
+    };
+    let haproxy = Replica::start(&rendered, 0, wiring);
     let http = reqwest::Client::new();
     wait("HAProxy to route a room to shard-0", || async {
         let url = format!("http://{}/xmpp-websocket?room=demo-room", haproxy.http);
