@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use testbed::manifests::{self, kind, kubectl, named, of_kind, render_overlay};
@@ -837,4 +837,139 @@ fn each_prosody_admits_its_own_shard_only() {
             json!([{ "port": "metrics", "protocol": "TCP" }])
         );
     }
+}
+
+/// The production overlay on a cluster whose zones are nobody's placeholders, applied as
+/// docs/deploying.md says (Secret by hand, `kubectl apply --server-side`, kubectl's own field manager):
+/// every pod is scheduled. Then the bridges are scaled as the HPA scales them and the overlay is applied
+/// again exactly the same way: no conflict, and the autoscaler's count stays.
+#[tokio::test]
+async fn production_applies_on_any_cluster_and_re_applying_leaves_the_bridges_to_the_hpa() {
+    let cluster = Cluster::connect().await;
+    let namespace = cluster.namespace("manifests-production").await;
+    let objects = render_overlay(&namespace.name, PRODUCTION, &[]);
+    apply_namespace(&objects, &namespace.name);
+    let (ok, _, stderr) = kubectl(
+        &[
+            "--namespace",
+            &namespace.name,
+            "create",
+            "secret",
+            "generic",
+            "jitsi-secrets",
+            "--from-literal=JICOFO_AUTH_PASSWORD=not-a-real-one",
+            "--from-literal=JVB_AUTH_PASSWORD=not-a-real-one",
+        ],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    let rest: Vec<&Value> = objects.iter().filter(|o| kind(o) != "Namespace").collect();
+    let list = json!({ "apiVersion": "v1", "kind": "List", "items": rest }).to_string();
+    let apply_as_documented = || kubectl(&["apply", "--server-side", "--filename=-"], &list);
+    let (ok, _, stderr) = apply_as_documented();
+    assert!(ok, "the first apply failed:\n{stderr}");
+
+    let zones: BTreeMap<String, String> = Api::<Node>::all(cluster.admin())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|node| {
+            let zone = node.labels().get("topology.kubernetes.io/zone").cloned();
+            (node.name_any(), zone.unwrap_or_default())
+        })
+        .collect();
+    assert!(
+        zones.values().all(|z| z != "zone-a" && z != "zone-b"),
+        "the local cluster must not have the zones production once pinned to: {zones:?}"
+    );
+    let pods: Api<Pod> = namespace.api();
+    let sets: Api<StatefulSet> = namespace.api();
+    let zones = &zones;
+    let every_pod_scheduled_and_ready = |bridges_per_shard: i32| {
+        let (pods, sets) = (pods.clone(), sets.clone());
+        async move {
+            let bridges = sets.list(&ListParams::default()).await.ok()?;
+            let ready = bridges
+                .items
+                .iter()
+                .filter(|s| s.name_any().ends_with("-jvb"))
+                .all(|s| {
+                    let status = s.status.as_ref();
+                    status.and_then(|s| s.ready_replicas) == Some(bridges_per_shard)
+                        && status.map(|s| s.replicas) == Some(bridges_per_shard)
+                });
+            let pods = pods.list(&ListParams::default()).await.ok()?.items;
+            let scheduled = pods.iter().all(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                running && node.is_some_and(|n| zones.get(n).is_some_and(|z| !z.is_empty()))
+            });
+            (ready && scheduled).then_some(pods.len())
+        }
+    };
+    // The HPA (minReplicas 2) takes each shard from the StatefulSet's default of one bridge to two.
+    let running = eventually(
+        "production's pods Running on zoned nodes, two bridges per shard",
+        Duration::from_secs(120),
+        || every_pod_scheduled_and_ready(2),
+    )
+    .await;
+    // 2 shards × (web, jicofo, prosody, 2 bridges) + 2 HAProxy + 2 controllers.
+    assert_eq!(running, 2 * 5 + 2 + 2);
+
+    // As the HPA scales: an update of the scale subresource under kube-controller-manager's name.
+    let autoscaler = PostParams {
+        field_manager: Some("kube-controller-manager".to_owned()),
+        ..PostParams::default()
+    };
+    for set in ["shard-0-jvb", "shard-1-jvb"] {
+        eventually(&format!("{set} scaled to 4"), Duration::from_secs(30), || async {
+            let mut scale = sets.get_scale(set).await.ok()?;
+            scale.spec.get_or_insert_default().replicas = Some(4);
+            sets.replace_scale(set, &autoscaler, &scale).await.ok()
+        })
+        .await;
+    }
+    eventually("four bridges per shard", Duration::from_secs(120), || {
+        every_pod_scheduled_and_ready(4)
+    })
+    .await;
+
+    let (ok, stdout, stderr) = apply_as_documented();
+    assert!(ok, "re-applying as documented failed:\n{stderr}");
+    assert!(!stderr.contains("onflict"), "{stderr}");
+    assert!(
+        stdout.contains("statefulset.apps/shard-0-jvb serverside-applied"),
+        "{stdout}"
+    );
+    for set in ["shard-0-jvb", "shard-1-jvb"] {
+        let replicas = sets.get(set).await.unwrap().spec.unwrap().replicas;
+        assert_eq!(replicas, Some(4), "{set} after re-applying");
+    }
+
+    // What the test guards against: the same StatefulSet with a `replicas` of its own. Where the API
+    // server records the autoscaler's ownership of the field (scale-subresource tracking) the apply
+    // conflicts; where it does not (this API server, for StatefulSets created by server-side apply) it
+    // silently takes the shard back to that count. Either way the autoscaler's 4 would not survive.
+    let mut with_replicas = named(&objects, "StatefulSet", "shard-0-jvb").clone();
+    with_replicas["spec"]["replicas"] = json!(1);
+    let (ok, stdout, stderr) = kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--output=json",
+            "--filename=-",
+        ],
+        &with_replicas.to_string(),
+    );
+    let conflicts = !ok && stderr.contains("conflict") && stderr.contains(".spec.replicas");
+    let resets = ok && serde_json::from_str::<Value>(&stdout).unwrap()["spec"]["replicas"] == 1;
+    assert!(
+        conflicts || resets,
+        "a manifest replicas went unnoticed: ok={ok}\n{stdout}\n{stderr}"
+    );
+    namespace.delete().await;
 }
