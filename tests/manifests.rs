@@ -806,39 +806,6 @@ fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
     std::fs::remove_dir_all(&copy).unwrap();
 }
 
-/// The room census is on Prosody's HTTP port: only the shard's own pods may reach it.
-#[test]
-fn each_prosody_admits_its_own_shard_only() {
-    let objects = render_overlay("render-only", PRODUCTION, &[]);
-    for shard in ["shard-0", "shard-1"] {
-        let policy = named(&objects, "NetworkPolicy", &format!("{shard}-prosody"));
-        let prosody = named(&objects, "Deployment", &format!("{shard}-prosody"));
-        let selects = |selector: &Value, labels: &Value| {
-            selector["matchLabels"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .all(|(key, value)| &labels[key] == value)
-        };
-        assert!(selects(
-            &policy["spec"]["podSelector"],
-            &prosody["spec"]["template"]["metadata"]["labels"]
-        ));
-        let from = &policy["spec"]["ingress"][0]["from"][0]["podSelector"];
-        assert_eq!(from["matchLabels"][SHARD_LABEL], shard);
-        // Every pod of the shard is admitted, no pod of another shard is.
-        for workload in workloads(&objects) {
-            let labels = &workload["spec"]["template"]["metadata"]["labels"];
-            let same_shard = labels[SHARD_LABEL] == shard;
-            assert_eq!(selects(from, labels), same_shard, "{}", name(workload));
-        }
-        assert_eq!(
-            policy["spec"]["ingress"][1]["ports"],
-            json!([{ "port": "metrics", "protocol": "TCP" }])
-        );
-    }
-}
-
 /// The production overlay on a cluster whose zones are nobody's placeholders, applied as
 /// docs/deploying.md says (Secret by hand, `kubectl apply --server-side`, kubectl's own field manager):
 /// every pod is scheduled. Then the bridges are scaled as the HPA scales them and the overlay is applied

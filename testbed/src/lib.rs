@@ -17,6 +17,7 @@ pub mod fault_proxy;
 pub mod haproxy;
 pub mod manifests;
 pub mod measure;
+pub mod netpol;
 pub mod node_ports;
 pub mod promql;
 pub mod promtool;

@@ -64,6 +64,16 @@ pub const JITSI_MEET_EXPORTER: GoProgram = GoProgram {
     ldflags: |_| String::new(),
 };
 
+/// cyclonus's NetworkPolicy engine behind a JSON interface (main.go of the wrapper), for the tests that
+/// check the rendered NetworkPolicies against SECURITY.md's matrix.
+pub const NETPOL_VERDICTS: GoProgram = GoProgram {
+    wrapper: "netpol-verdicts",
+    module: "github.com/mattfenwick/cyclonus",
+    commands: &[("netpol-verdicts", "jitsi-k8s.local/tools/netpol-verdicts")],
+    tags: "",
+    ldflags: |_| String::new(),
+};
+
 fn kubernetes_ldflags(version: &str) -> String {
     let mut parts = version.trim_start_matches('v').split('.');
     let major = parts.next().unwrap_or("1");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::paths::Paths;
-use crate::{cargo, cluster, packages};
+use crate::{cargo, cluster, gobuild, packages};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -58,6 +58,11 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
 
     let started_cluster = cluster::up(paths)?;
     let kubeconfig = paths.kubeconfig().display().to_string();
+    let netpol_verdicts = gobuild::NETPOL_VERDICTS
+        .ensure_built(&paths.go_modules(), &paths.cache)?
+        .join("netpol-verdicts")
+        .display()
+        .to_string();
     // The integration tests run our daemons as real processes: build them first.
     let integration = step(&mut steps, "integration tests", || {
         let built = cargo::run(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
@@ -65,7 +70,7 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
             && cargo::run(
                 paths,
                 &["test", "--package", "integration-tests", "--locked"],
-                &[("KUBECONFIG", &kubeconfig)],
+                &[("KUBECONFIG", &kubeconfig), ("NETPOL_VERDICTS", &netpol_verdicts)],
             )?)
     });
     if started_cluster && !args.keep_cluster {
