@@ -366,6 +366,15 @@ fn every_shard_is_wired_to_itself_and_owns_a_distinct_port_block() {
                 shard
             );
 
+            // The exporter and the preStop hook need the bridge's REST API, off by default.
+            for switch in ["COLIBRI_REST_ENABLED", "SHUTDOWN_REST_ENABLED"] {
+                assert_eq!(
+                    env(jvb, switch).map(|e| &e["value"]),
+                    Some(&json!("true")),
+                    "{overlay}: {set} {switch}"
+                );
+            }
+
             // The preStop hook gives up before the kubelet kills the bridge.
             let drain = seconds(env(jvb, "DRAIN_TIMEOUT").unwrap()["value"].as_str().unwrap());
             let grace = pod_spec(bridges)["terminationGracePeriodSeconds"]
@@ -939,4 +948,142 @@ async fn production_applies_on_any_cluster_and_re_applying_leaves_the_bridges_to
         "a manifest replicas went unnoticed: ok={ok}\n{stdout}\n{stderr}"
     );
     namespace.delete().await;
+}
+
+/// Every PodMonitor scrapes a port that the pods it selects serve.
+#[test]
+fn every_pod_monitor_selects_pods_that_serve_its_port() {
+    for (overlay, _, objects) in renderings() {
+        let monitors: Vec<&Value> = of_kind(&objects, "PodMonitor").collect();
+        let selected: Vec<&str> = monitors
+            .iter()
+            .map(|m| {
+                m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        for wanted in ["jvb", "prosody", "jicofo", "haproxy", "service-per-pod"] {
+            assert!(
+                selected.contains(&wanted),
+                "{overlay}: no PodMonitor for {wanted}"
+            );
+        }
+        for monitor in monitors {
+            let selector = monitor["spec"]["selector"]["matchLabels"].as_object().unwrap();
+            let pods: Vec<&Value> = workloads(&objects)
+                .filter(|w| {
+                    let labels = &w["spec"]["template"]["metadata"]["labels"];
+                    selector.iter().all(|(k, v)| &labels[k] == v)
+                })
+                .collect();
+            assert!(
+                !pods.is_empty(),
+                "{overlay}: PodMonitor {} selects nothing",
+                name(monitor)
+            );
+            for endpoint in monitor["spec"]["podMetricsEndpoints"].as_array().unwrap() {
+                for workload in &pods {
+                    assert!(
+                        containers(workload)
+                            .iter()
+                            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+                            .any(|p| p["name"] == endpoint["port"]),
+                        "{overlay}: PodMonitor {} scrapes port {}, which {} does not serve",
+                        name(monitor),
+                        endpoint["port"],
+                        name(workload)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The production overlay switched to kube-prometheus-stack as its header says: the chart's Prometheus
+/// selects the monitors and rules by `release`, its ServiceAccount may read the pods, and the dashboards
+/// go where the chart's Grafana sidecar looks (its own namespace), applied as the component says.
+#[tokio::test]
+async fn kube_prometheus_stack_finds_the_monitors_rules_and_dashboards() {
+    let copy = copy_of_manifests("kube-prometheus-stack");
+    let production = copy.join("manifests/overlays/production");
+    let kustomization = std::fs::read_to_string(production.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("  - ../../components/kube-prometheus\n"));
+    std::fs::write(
+        production.join("kustomization.yaml"),
+        kustomization.replace(
+            "  - ../../components/kube-prometheus\n",
+            "  - ../../components/kube-prometheus-stack\n",
+        ),
+    )
+    .unwrap();
+    let objects = manifests::render_dir(&production);
+    let selected: Vec<&Value> = of_kind(&objects, "PodMonitor")
+        .chain(of_kind(&objects, "PrometheusRule"))
+        .collect();
+    assert_eq!(selected.len(), 6, "five PodMonitors and the rules");
+    for object in selected {
+        assert_eq!(
+            object["metadata"]["labels"]["release"],
+            "kube-prometheus-stack",
+            "{} {}",
+            kind(object),
+            name(object)
+        );
+    }
+    let bindings: Vec<&Value> = of_kind(&objects, "RoleBinding")
+        .filter(|b| b["roleRef"]["name"] == "prometheus-discovery")
+        .collect();
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(
+        bindings[0]["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "kube-prometheus-stack-prometheus", "namespace": "monitoring" }])
+    );
+    assert!(
+        of_kind(&objects, "ConfigMap").all(|c| c["metadata"]["labels"]["grafana_dashboard"].is_null()),
+        "the dashboards are applied to Grafana's namespace, not the Jitsi one"
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
+
+    // The component's command, run for real into a namespace standing for Grafana's.
+    let header = std::fs::read_to_string(
+        testbed::repo_root().join("manifests/components/kube-prometheus-stack/kustomization.yaml"),
+    )
+    .unwrap();
+    let command = header
+        .lines()
+        .find_map(|l| l.trim_start_matches('#').trim().strip_prefix("kubectl "))
+        .expect("the component says how to apply the dashboards");
+    let cluster = Cluster::connect().await;
+    let grafana = cluster.namespace("grafana").await;
+    let root = testbed::repo_root();
+    let args: Vec<String> = command
+        .split_whitespace()
+        .map(|word| match word {
+            "monitoring" => grafana.name.clone(),
+            path if path.starts_with("manifests/") => root.join(path).display().to_string(),
+            word => word.to_owned(),
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = kubectl(&args, "");
+    assert!(ok, "kubectl {args:?}: {stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    let dashboards = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(cluster.admin(), &grafana.name)
+        .list(&ListParams::default().labels("grafana_dashboard=1"))
+        .await
+        .unwrap();
+    assert_eq!(dashboards.items.len(), 2);
+    grafana.delete().await;
+
+    // Without the switch, production binds kube-prometheus's Prometheus and keeps the dashboards.
+    let default = render_overlay("render-only", PRODUCTION, &[]);
+    let binding = named(&default, "RoleBinding", "prometheus-k8s");
+    assert_eq!(binding["subjects"][0]["name"], "prometheus-k8s");
+    assert_eq!(
+        of_kind(&default, "ConfigMap")
+            .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+            .count(),
+        2
+    );
 }

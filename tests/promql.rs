@@ -29,6 +29,7 @@ struct Query {
 fn without_grafana_variables(expr: &str) -> String {
     expr.replace("$__rate_interval", "5m")
         .replace("$namespace", "jitsi")
+        .replace("$shard", "shard-0")
         .replace("$pod", ".*")
 }
 
@@ -190,6 +191,7 @@ fn promtool_accepts_every_expression_and_every_alert() {
         "ServicePerPodPortConflict",
         "ServicePerPodNoLeader",
         "ProsodyDown",
+        "JicofoDown",
     ] {
         assert!(alerts.contains(alert), "no alert {alert}: {alerts:?}");
     }
@@ -317,4 +319,83 @@ async fn every_metric_name_used_is_produced_by_our_exporters_or_listed_as_standa
     let unused: Vec<&String> = standard.iter().filter(|name| !used.contains(*name)).collect();
     assert!(unused.is_empty(), "listed as standard but unused: {unused:?}");
     fixture.namespace.delete().await;
+}
+
+const RUNBOOKS: &str = "https://github.com/jitsi-k8s/jitsi-k8s/blob/main/docs/runbooks.md#";
+
+/// Every alert links its section of docs/runbooks.md, and every section there belongs to an alert.
+#[test]
+fn every_alert_has_its_runbook() {
+    let objects = manifests::render_overlay("render-only", "manifests/overlays/production", &[]);
+    let runbooks = std::fs::read_to_string(testbed::repo_root().join("docs/runbooks.md")).unwrap();
+    let sections: BTreeSet<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::to_owned)
+        .collect();
+    let mut alerts = BTreeSet::new();
+    for rule in of_kind(&objects, "PrometheusRule")
+        .flat_map(|r| r["spec"]["groups"].as_array().unwrap().iter())
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+    {
+        let Some(alert) = rule["alert"].as_str() else {
+            continue;
+        };
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{alert} has no runbook_url"));
+        // GitHub's anchor of a heading `## Name` is its lowercase text.
+        assert_eq!(url, format!("{RUNBOOKS}{}", alert.to_lowercase()), "{alert}");
+        let section = runbooks
+            .split(&format!("## {alert}\n"))
+            .nth(1)
+            .unwrap_or_default();
+        let section = section.split("\n## ").next().unwrap();
+        for part in ["**Means.**", "**Impact.**", "**Check.**", "**Fix.**"] {
+            assert!(section.contains(part), "docs/runbooks.md: {alert} has no {part}");
+        }
+        alerts.insert(alert.to_owned());
+    }
+    assert_eq!(
+        sections, alerts,
+        "docs/runbooks.md's sections and the alerts differ"
+    );
+}
+
+/// The Jitsi dashboard follows its shard variable in every panel: directly, or through `$pod`, whose
+/// values the shard filters.
+#[test]
+fn every_panel_of_the_jitsi_dashboard_follows_the_shard() {
+    let objects = manifests::render_overlay("render-only", "manifests/overlays/production", &[]);
+    let dashboard = of_kind(&objects, "ConfigMap")
+        .find_map(|c| c["data"]["jitsi-meet.json"].as_str())
+        .unwrap();
+    let dashboard: Value = serde_json::from_str(dashboard).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let shard = variables
+        .iter()
+        .find(|v| v["name"] == "shard")
+        .expect("a shard variable");
+    assert_eq!(shard["multi"], true);
+    assert!(
+        shard["query"]["query"]
+            .as_str()
+            .unwrap()
+            .contains("jitsi_org_shard")
+    );
+    let pod = variables.iter().find(|v| v["name"] == "pod").unwrap();
+    assert!(pod["query"]["query"].as_str().unwrap().contains("$shard"));
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            // HAProxy's own state is global: one stick table and every shard's servers.
+            let global =
+                expr.contains("haproxy_sticktable_used") || expr.contains("haproxy_backend_active_servers");
+            assert!(
+                global || expr.contains("$shard") || expr.contains("$pod"),
+                "panel {:?} ignores the shard: {expr}",
+                panel["title"]
+            );
+        }
+    }
 }

@@ -94,7 +94,10 @@ const SPP_CLUSTER: &str =
     "service-per-pod (base, cluster-wide: one controller for several namespaces, with --port-grants)";
 const JVB: &str = "jvb (base/shard: `<shard>-jvb`, token not even mounted)";
 const JVB_NODE_READER: &str = "jvb with components/jvb-advertise-from-node";
-const PROMETHEUS: &str = "prometheus-k8s of namespace monitoring (base/monitoring)";
+const PROMETHEUS: &str =
+    "prometheus-k8s of namespace monitoring (components/kube-prometheus, as in both overlays)";
+const PROMETHEUS_STACK: &str =
+    "kube-prometheus-stack-prometheus of namespace monitoring (components/kube-prometheus-stack)";
 const HOME: &str = "the Jitsi namespace";
 const ELSEWHERE: &str = "elsewhere";
 
@@ -237,12 +240,17 @@ async fn the_jvb_may_only_read_nodes() {
 }
 
 /// Every ServiceAccount the dev overlay creates or binds, found in the rendering itself — so a new one
-/// cannot slip in undocumented.
+/// cannot slip in undocumented. Rendered with the kube-prometheus-stack component as well, so both
+/// monitoring stacks' Prometheus are checked.
 #[tokio::test]
 async fn every_service_account_of_the_dev_overlay_has_exactly_its_documented_rights() {
     let cluster = Cluster::connect().await;
     let namespace = cluster.namespace("rbac-dev-overlay").await;
-    let objects = manifests::render_overlay(&namespace.name, "manifests/overlays/dev", &[]);
+    let objects = manifests::render_overlay(
+        &namespace.name,
+        "manifests/overlays/dev",
+        &["manifests/components/kube-prometheus-stack"],
+    );
     let rbac: Vec<Value> = objects
         .iter()
         .filter(|o| {
@@ -285,6 +293,7 @@ async fn every_service_account_of_the_dev_overlay_has_exactly_its_documented_rig
             (true, "service-per-pod") => SPP_NAMESPACED,
             (true, "shard-0-jvb") => JVB,
             (false, "prometheus-k8s") if home == "monitoring" => PROMETHEUS,
+            (false, "kube-prometheus-stack-prometheus") if home == "monitoring" => PROMETHEUS_STACK,
             _ => panic!("{home}/{name} is not in SECURITY.md's table"),
         }
     };
@@ -302,12 +311,14 @@ async fn every_service_account_of_the_dev_overlay_has_exactly_its_documented_rig
             "{home}/{name} elsewhere"
         );
     }
-    assert_eq!(accounts.len(), 3, "{accounts:?}");
-    assert_eq!(
-        documented(&[role(&objects, "Role", "prometheus-k8s")]),
-        expected(PROMETHEUS, HOME),
-        "manifests vs SECURITY.md"
-    );
+    assert_eq!(accounts.len(), 4, "{accounts:?}");
+    for prometheus in [PROMETHEUS, PROMETHEUS_STACK] {
+        assert_eq!(
+            documented(&[role(&objects, "Role", "prometheus-discovery")]),
+            expected(prometheus, HOME),
+            "manifests vs SECURITY.md"
+        );
+    }
     elsewhere.delete().await;
     namespace.delete().await;
 }
