@@ -20,6 +20,7 @@ use testbed::{Cluster, eventually};
 const DEV: &str = "manifests/overlays/dev";
 const PRODUCTION: &str = "manifests/overlays/production";
 const HPA_STRESS: &str = "manifests/components/hpa-stress";
+const GATEWAY_API: &str = "manifests/components/gateway-api";
 const BASE_PORT: &str = "service-per-pod/base-port";
 const SHARD_LABEL: &str = "jitsi.org/shard";
 
@@ -29,6 +30,7 @@ fn renderings() -> Vec<(&'static str, &'static [&'static str], Vec<Value>)> {
         (DEV, &[][..]),
         (PRODUCTION, &[][..]),
         (PRODUCTION, &[HPA_STRESS][..]),
+        (PRODUCTION, &[GATEWAY_API][..]),
     ]
     .into_iter()
     .map(|(overlay, components)| {
@@ -525,6 +527,7 @@ async fn every_overlay_passes_a_server_side_dry_run_without_a_warning() {
         (DEV, &[][..]),
         (PRODUCTION, &[][..]),
         (PRODUCTION, &[HPA_STRESS][..]),
+        (PRODUCTION, &[GATEWAY_API][..]),
     ] {
         let namespace = cluster.namespace("manifests-dry-run").await;
         let objects = render_overlay(&namespace.name, overlay, components);
@@ -1086,4 +1089,36 @@ async fn kube_prometheus_stack_finds_the_monitors_rules_and_dashboards() {
             .count(),
         2
     );
+}
+
+/// components/gateway-api: the public host routed to HAProxy's HTTP port, the Ingress gone.
+#[test]
+fn the_gateway_component_routes_the_public_host_to_haproxy_instead_of_the_ingress() {
+    let with_ingress = render_overlay("render-only", PRODUCTION, &[]);
+    let ingress = named(&with_ingress, "Ingress", "jitsi");
+    let objects = render_overlay("render-only", PRODUCTION, &[GATEWAY_API]);
+    assert_eq!(
+        of_kind(&objects, "Ingress").count(),
+        0,
+        "the route replaces the Ingress"
+    );
+    let route = named(&objects, "HTTPRoute", "jitsi");
+    assert_eq!(
+        route["spec"]["hostnames"],
+        json!([ingress["spec"]["rules"][0]["host"]])
+    );
+    let backend = &route["spec"]["rules"][0]["backendRefs"][0];
+    let service = named(&objects, "Service", backend["name"].as_str().unwrap());
+    let port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == backend["port"])
+        .expect("the route's port is a port of the Service");
+    assert_eq!(port["name"], "http");
+    assert_eq!(
+        service["spec"]["selector"]["app.kubernetes.io/name"], "haproxy",
+        "the route leads to HAProxy, which keeps rooms on their shard"
+    );
+    assert_eq!(route["spec"]["rules"][0]["timeouts"]["request"], "0s");
 }

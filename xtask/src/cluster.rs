@@ -53,10 +53,40 @@ pub fn run(paths: &Paths, action: Action) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const PROMETHEUS_OPERATOR_CRDS: [&str; 3] = [
-    "monitoring.coreos.com_podmonitors.yaml",
-    "monitoring.coreos.com_servicemonitors.yaml",
-    "monitoring.coreos.com_prometheusrules.yaml",
+/// CRDs the manifests use, installed from pinned Go modules (no downloads beyond the module proxy): the
+/// wrapper folder under `xtask/go/`, the module, the folder of its CRDs, the files, and their names.
+struct CrdSource {
+    wrapper: &'static str,
+    module: &'static str,
+    dir: &'static str,
+    files: &'static [&'static str],
+    what: &'static str,
+}
+
+const CRD_SOURCES: [CrdSource; 2] = [
+    CrdSource {
+        wrapper: "prometheus-operator",
+        module: "github.com/prometheus-operator/prometheus-operator",
+        dir: "example/prometheus-operator-crd",
+        files: &[
+            "monitoring.coreos.com_podmonitors.yaml",
+            "monitoring.coreos.com_servicemonitors.yaml",
+            "monitoring.coreos.com_prometheusrules.yaml",
+        ],
+        what: "Prometheus Operator CRDs: PodMonitor, ServiceMonitor, PrometheusRule",
+    },
+    CrdSource {
+        wrapper: "gateway-api",
+        module: "sigs.k8s.io/gateway-api",
+        dir: "config/crd/standard",
+        files: &[
+            "gateway.networking.k8s.io_gatewayclasses.yaml",
+            "gateway.networking.k8s.io_gateways.yaml",
+            "gateway.networking.k8s.io_httproutes.yaml",
+            "gateway.networking.k8s.io_referencegrants.yaml",
+        ],
+        what: "Gateway API CRDs (standard channel): GatewayClass, Gateway, HTTPRoute, ReferenceGrant",
+    },
 ];
 
 /// The API server's audit log records who wrote Services and Leases, and when (with the client's
@@ -213,7 +243,7 @@ pub fn up(paths: &Paths) -> Result<bool> {
     wait_until_ready(paths, &state, "kube-apiserver", Duration::from_secs(180))?;
     println!("==> kube-apiserver ready after {:.1?}", started.elapsed());
 
-    install_prometheus_operator_crds(paths)?;
+    install_crds(paths)?;
 
     let controller_manager_args = args(&[
         &format!(
@@ -386,33 +416,34 @@ fn random_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn install_prometheus_operator_crds(paths: &Paths) -> Result<()> {
-    let wrapper = paths.go_modules().join("prometheus-operator");
-    let module = "github.com/prometheus-operator/prometheus-operator";
-    let version = gobuild::pinned_version(&wrapper, module)?;
-    let source = gobuild::module_source_dir(&wrapper, module, &version)?;
-    let crd_dir = source.join("example/prometheus-operator-crd");
-    let mut apply = vec![
-        "apply".to_owned(),
-        "--server-side".to_owned(),
-        "--field-manager=xtask".to_owned(),
-    ];
-    for file in PROMETHEUS_OPERATOR_CRDS {
-        apply.push(format!("--filename={}", crd_dir.join(file).display()));
+fn install_crds(paths: &Paths) -> Result<()> {
+    for source in &CRD_SOURCES {
+        let wrapper = paths.go_modules().join(source.wrapper);
+        let version = gobuild::pinned_version(&wrapper, source.module)?;
+        let crd_dir = gobuild::module_source_dir(&wrapper, source.module, &version)?.join(source.dir);
+        let mut apply = vec![
+            "apply".to_owned(),
+            "--server-side".to_owned(),
+            "--field-manager=xtask".to_owned(),
+        ];
+        let mut names = vec![
+            "wait".to_owned(),
+            "--for=condition=Established".to_owned(),
+            "--timeout=60s".to_owned(),
+        ];
+        for file in source.files {
+            apply.push(format!("--filename={}", crd_dir.join(file).display()));
+            // gateway.networking.k8s.io_httproutes.yaml → crd/httproutes.gateway.networking.k8s.io
+            let (group, plural) = file
+                .trim_end_matches(".yaml")
+                .split_once('_')
+                .with_context(|| format!("CRD file name {file} is not <group>_<plural>.yaml"))?;
+            names.push(format!("crd/{plural}.{group}"));
+        }
+        kubectl_owned(paths, &apply, None).with_context(|| format!("installing the {}", source.what))?;
+        kubectl_owned(paths, &names, None)?;
+        println!("==> {} {version}: {}", source.module, source.what);
     }
-    kubectl_owned(paths, &apply, None).context("installing the Prometheus Operator CRDs")?;
-    kubectl(
-        paths,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/podmonitors.monitoring.coreos.com",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
-        ],
-    )?;
-    println!("==> Prometheus Operator {version} CRDs installed: PodMonitor, ServiceMonitor, PrometheusRule");
     Ok(())
 }
 
