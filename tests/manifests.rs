@@ -1122,3 +1122,44 @@ fn the_gateway_component_routes_the_public_host_to_haproxy_instead_of_the_ingres
     );
     assert_eq!(route["spec"]["rules"][0]["timeouts"]["request"], "0s");
 }
+
+/// docs/deploying.md's `images:` snippet, pasted into a copy of the production overlay as it says: every
+/// daemon of ours comes from the operator's registry at the same tag; Jitsi's and HAProxy's images stay.
+#[test]
+fn the_images_override_of_docs_deploying_points_every_daemon_at_the_registry() {
+    let docs = std::fs::read_to_string(testbed::repo_root().join("docs/deploying.md")).unwrap();
+    let snippet = docs
+        .split("```yaml\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.starts_with("images:"))
+        .expect("docs/deploying.md shows the images: override");
+    let copy = copy_of_manifests("images-override");
+    let production = copy.join("manifests/overlays/production");
+    let mut kustomization = std::fs::read_to_string(production.join("kustomization.yaml")).unwrap();
+    kustomization.push_str(snippet);
+    std::fs::write(production.join("kustomization.yaml"), kustomization).unwrap();
+    let original = render_overlay("render-only", PRODUCTION, &[]);
+    let overridden = manifests::render_dir(&production);
+    let images = |objects: &[Value]| -> Vec<String> {
+        workloads(objects)
+            .flat_map(containers)
+            .map(|c| c["image"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (before, after) = (images(&original), images(&overridden));
+    assert_eq!(before.len(), after.len());
+    let mut moved = 0;
+    for (before, after) in before.iter().zip(&after) {
+        if let Some(daemon) = before.strip_prefix("ghcr.io/jitsi-k8s/") {
+            assert_eq!(after, &format!("registry.example.org/jitsi-k8s/{daemon}"));
+            moved += 1;
+        } else {
+            assert_eq!(after, before);
+        }
+        assert_eq!(image_problem(after), None);
+    }
+    // service-per-pod, and per shard jvb-startup, jvb-exporter, prosody-exporter.
+    assert_eq!(moved, 1 + 2 * 3, "{after:?}");
+    std::fs::remove_dir_all(&copy).unwrap();
+}
