@@ -36,6 +36,31 @@ async fn the_demo_scenario_holds() {
             "no live row for {pod}:\n{stdout}"
         );
     }
+    // The main claim: after scaling down, the removed bridges are listed Terminating with their Service
+    // and node port while their participants fall, and are gone with their Service afterwards.
+    for (pod, port) in [("shard-0-jvb-1", 30301), ("shard-0-jvb-2", 30302)] {
+        let draining: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains(pod) && l.contains("Terminating") && l.contains(&port.to_string()))
+            .collect();
+        assert!(
+            draining.len() >= 2,
+            "{pod} not shown draining with its Service:\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "{pod}: Terminating with its Service while participants fell"
+            )),
+            "{stdout}"
+        );
+    }
+    let last_table = stdout.rsplit("POD ").next().unwrap();
+    assert!(
+        last_table.contains("shard-0-jvb-0")
+            && !last_table.contains("shard-0-jvb-1")
+            && !last_table.contains("shard-0-jvb-2"),
+        "the last table still lists a removed bridge or its Service:\n{last_table}"
+    );
     // What stands in for what is said on screen.
     assert!(stdout.contains("stood in:"), "{stdout}");
     holder.delete().await;

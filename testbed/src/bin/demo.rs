@@ -35,11 +35,17 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// A step that did not hold, in one sentence.
 type Failure = String;
 
-/// One simulated bridge: a stub replaying a recorded `/colibri/stats`, and a real jvb-exporter reading it.
+/// One simulated bridge: a stub replaying a recorded `/colibri/stats`, a real jvb-exporter reading it,
+/// and, once its pod is Terminating, the real preStop hook (`jvb-startup drain`) draining it.
 struct Bridge {
-    _stub: BridgeStub,
+    stub: BridgeStub,
     exporter: Daemon,
+    drain: Option<tokio::process::Child>,
 }
+
+/// Holds a bridge pod in Terminating while its preStop hook runs, as the kubelet does: KWOK deletes a
+/// pod only once its finalizers are gone, and the demo removes this one when `jvb-startup drain` exits.
+const PRE_STOP: &str = "demo.jitsi-k8s.dev/pre-stop";
 
 type Bridges = Arc<Mutex<BTreeMap<String, Bridge>>>;
 
@@ -79,8 +85,10 @@ jitsi-k8s demo — manifests/overlays/dev on a local Kubernetes control plane
   stood in:    the kubelets (KWOK: pods are scheduled and Running, no container runs); the
                service-per-pod controller runs as a local process under the manifest's ServiceAccount
                token and flags; each JVB pod's bridge is a stub replaying a recorded /colibri/stats,
-               read by a real jvb-exporter; the shard's web is a stub HAProxy finds through dnsmasq SRV
-               records, as it would through the cluster DNS
+               read by a real jvb-exporter; a removed bridge's preStop hook is the real `jvb-startup drain`
+               against that stub, its pod held Terminating (a finalizer) while the hook runs, as a kubelet
+               would; the shard's web is a stub HAProxy finds through dnsmasq A records of its headless
+               Service name, as it would through the cluster DNS
 ";
 
 async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
@@ -168,11 +176,15 @@ async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
     println!("  http://{}/?room=demo-room → shard-0", haproxy.http);
 
     let services: Api<Service> = Api::namespaced(cluster.admin(), NAMESPACE);
-    for replicas in [1, 3, 1] {
+    for replicas in [1, 3] {
         scale(cluster, replicas).await?;
         converge(&pods, &services, &bridges, replicas as usize).await?;
         println!("{}", table(&pods, &services, &bridges).await);
     }
+    scale(cluster, 1).await?;
+    watch_drain(&pods, &services, &bridges).await?;
+    converge(&pods, &services, &bridges, 1).await?;
+    println!("{}", table(&pods, &services, &bridges).await);
 
     println!("\n{}", look_around(&controller, &prosody_exporter, &haproxy));
     if !once {
@@ -239,39 +251,82 @@ async fn running_pods(pods: &Api<Pod>, prefix: &str) -> Vec<Pod> {
         .collect()
 }
 
-/// Gives every Running bridge pod its simulated bridge and exporter, and stops those of pods that left.
+/// Gives every Running bridge pod its simulated bridge and exporter; runs the preStop hook of each pod
+/// that starts terminating and lets the pod go when the hook returns; stops those of pods that left.
 async fn follow_bridges(pods: Api<Pod>, bridges: Bridges) {
     loop {
-        let running: Vec<String> = running_pods(&pods, BRIDGES)
+        let existing: Vec<Pod> = pods
+            .list(&ListParams::default())
             .await
-            .iter()
-            .map(ResourceExt::name_any)
+            .map(|list| list.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.name_any().starts_with(BRIDGES))
             .collect();
         let mut bridges = bridges.lock().await;
-        bridges.retain(|name, _| running.contains(name));
-        for name in running {
-            if bridges.contains_key(&name) {
-                continue;
-            }
-            let ordinal: u64 = name.rsplit('-').next().and_then(|o| o.parse().ok()).unwrap_or(0);
-            let stub = BridgeStub::start(StubConfig {
-                participants: Some(4 + 3 * ordinal),
-                ..StubConfig::default()
-            })
-            .await;
-            let env = [("JVB_URL", stub.url()), ("SOURCE", "both".to_owned())];
-            let exporter = Daemon::start_with_addr_flag("jvb-exporter", &[], &env, "--listen");
-            bridges.insert(
-                name,
-                Bridge {
-                    _stub: stub,
-                    exporter,
+        bridges.retain(|name, _| existing.iter().any(|p| &p.name_any() == name));
+        for pod in &existing {
+            let name = pod.name_any();
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            match bridges.get_mut(&name) {
+                None if running && pod.metadata.deletion_timestamp.is_none() => {
+                    bridges.insert(name.clone(), start_bridge(&name).await);
+                    let hold = json!({ "metadata": { "finalizers": [PRE_STOP] } });
+                    let _ = pods
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(hold))
+                        .await;
+                }
+                Some(bridge) if pod.metadata.deletion_timestamp.is_some() => match &mut bridge.drain {
+                    None => bridge.drain = Some(start_drain(&bridge.stub)),
+                    Some(hook) => {
+                        if let Ok(Some(_)) = hook.try_wait() {
+                            let release = json!({ "metadata": { "finalizers": null } });
+                            let _ = pods
+                                .patch(&name, &PatchParams::default(), &Patch::Merge(release))
+                                .await;
+                        }
+                    }
                 },
-            );
+                _ => {}
+            }
         }
         drop(bridges);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Bridge i starts with 4 + 3·i local participants; after a graceful shutdown one leaves every 1.5 s.
+async fn start_bridge(name: &str) -> Bridge {
+    let ordinal: u64 = name.rsplit('-').next().and_then(|o| o.parse().ok()).unwrap_or(0);
+    let stub = BridgeStub::start(StubConfig {
+        participants: Some(4 + 3 * ordinal),
+        leave_every: Some(Duration::from_millis(1500)),
+        exit_after_empty: Duration::from_millis(500),
+        ..StubConfig::default()
+    })
+    .await;
+    let env = [("JVB_URL", stub.url()), ("SOURCE", "both".to_owned())];
+    let exporter = Daemon::start_with_addr_flag("jvb-exporter", &[], &env, "--listen");
+    Bridge {
+        stub,
+        exporter,
+        drain: None,
+    }
+}
+
+/// The pod's preStop hook, as the manifest runs it: `jvb-startup drain` against the bridge.
+fn start_drain(stub: &BridgeStub) -> tokio::process::Child {
+    tokio::process::Command::new(testbed::daemon::binary("jvb-startup"))
+        .arg("drain")
+        .env("JVB_URL", stub.url())
+        .env("DRAIN_INTERVAL", "500ms")
+        .env("DRAIN_TIMEOUT", "2m")
+        .env("DRAIN_GONE_AFTER", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting jvb-startup drain")
 }
 
 async fn scale(cluster: &Cluster, replicas: i32) -> Result<(), Failure> {
@@ -349,7 +404,17 @@ async fn converge(
     .await
 }
 
-async fn table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> String {
+/// What the demo shows of one bridge: its pod, its Service, and what its exporter reads from it.
+struct Row {
+    name: String,
+    phase: String,
+    service: Option<String>,
+    node_port: Option<i32>,
+    exporter: &'static str,
+    participants: Option<f64>,
+}
+
+async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Vec<Row> {
     let pods = pods
         .list(&ListParams::default())
         .await
@@ -361,10 +426,6 @@ async fn table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> S
         .map(|l| l.items)
         .unwrap_or_default();
     let bridges = bridges.lock().await;
-    let mut table = format!(
-        "  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
-        "POD", "PHASE", "SERVICE", "NODEPORT", "EXPORTER", "PARTICIPANTS"
-    );
     let mut names: Vec<String> = pods
         .iter()
         .map(ResourceExt::name_any)
@@ -373,6 +434,7 @@ async fn table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> S
         .collect();
     names.sort();
     names.dedup();
+    let mut rows = Vec::new();
     for name in names {
         let pod = pods.iter().find(|p| p.name_any() == name);
         let phase = match pod {
@@ -385,10 +447,8 @@ async fn table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> S
                 .unwrap_or_default(),
         };
         let service = services.iter().find(|s| s.name_any() == name);
-        let node_port = service
-            .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first()?.node_port)
-            .map_or("-".to_owned(), |p| p.to_string());
-        let (up, participants) = match bridges.get(&name) {
+        let node_port = service.and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first()?.node_port);
+        let (exporter, participants) = match bridges.get(&name) {
             Some(bridge) => {
                 let text = reqwest::get(format!("http://{}/metrics", bridge.exporter.admin))
                     .await
@@ -397,30 +457,103 @@ async fn table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> S
                     Some(response) => promtool::samples(&response.text().await.unwrap_or_default()),
                     None => BTreeMap::new(),
                 };
+                let up = samples.get("jitsi_up") == Some(&1.0);
                 (
-                    if samples.get("jitsi_up") == Some(&1.0) {
-                        "up"
-                    } else {
-                        "down"
-                    },
-                    samples
-                        .get("jitsi_participants")
-                        .map_or("-".to_owned(), |p| p.to_string()),
+                    if up { "up" } else { "down" },
+                    samples.get("jitsi_participants").copied().filter(|_| up),
                 )
             }
-            None => ("-", "-".to_owned()),
+            None => ("-", None),
         };
-        table.push_str(&format!(
-            "\n  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
+        rows.push(Row {
             name,
             phase,
-            service.map_or("-".to_owned(), ResourceExt::name_any),
+            service: service.map(ResourceExt::name_any),
             node_port,
-            up,
-            participants
+            exporter,
+            participants,
+        });
+    }
+    rows
+}
+
+fn format_table(rows: &[Row]) -> String {
+    let mut table = format!(
+        "  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
+        "POD", "PHASE", "SERVICE", "NODEPORT", "EXPORTER", "PARTICIPANTS"
+    );
+    for row in rows {
+        table.push_str(&format!(
+            "\n  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
+            row.name,
+            row.phase,
+            row.service.as_deref().unwrap_or("-"),
+            row.node_port.map_or("-".to_owned(), |p| p.to_string()),
+            row.exporter,
+            row.participants.map_or("-".to_owned(), |p| p.to_string()),
         ));
     }
     table
+}
+
+async fn table(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> String {
+    format_table(&rows(pods, services, bridges).await)
+}
+
+/// The main claim, watched as it happens: the bridges a scale-down removes stay Terminating while their
+/// preStop hook drains them (participants falling), with their Service and node port in place; they
+/// leave only once empty, and their Service with them.
+async fn watch_drain(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Result<(), Failure> {
+    step("bridges 1 and 2 drain: Terminating, participants leaving, Services kept until each pod is gone");
+    let removed = [format!("{BRIDGES}-1"), format!("{BRIDGES}-2")];
+    let mut draining: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut shown = String::new();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let rows = rows(pods, services, bridges).await;
+        let text = format_table(&rows);
+        if text != shown {
+            println!("{text}");
+            shown = text;
+        }
+        for row in rows.iter().filter(|r| r.phase == "Terminating") {
+            let Some(name) = removed.iter().find(|n| **n == row.name) else {
+                return Err(format!("{} is Terminating but the scale-down keeps it", row.name));
+            };
+            if row.node_port.is_none() {
+                return Err(format!(
+                    "{name} lost its Service while still Terminating: its calls would drop"
+                ));
+            }
+            if let Some(participants) = row.participants {
+                draining.entry(name).or_default().push(participants);
+            }
+        }
+        if removed.iter().all(|n| rows.iter().all(|r| &r.name != n)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the removed bridges were not gone within {STEP_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for name in &removed {
+        let seen = draining
+            .get(name.as_str())
+            .ok_or_else(|| format!("{name} was never seen draining with its Service"))?;
+        let (first, last) = (seen[0], seen[seen.len() - 1]);
+        if last >= first {
+            return Err(format!(
+                "{name}: participants did not fall while it drained: {seen:?}"
+            ));
+        }
+        println!(
+            "  {name}: Terminating with its Service while participants fell {first} → {last}, then gone with its Service"
+        );
+    }
+    Ok(())
 }
 
 fn look_around(controller: &Daemon, prosody_exporter: &Daemon, haproxy: &Replica) -> String {
@@ -452,8 +585,23 @@ async fn delete_namespace(cluster: &Cluster) {
         return;
     }
     let _ = namespaces.delete(NAMESPACE, &DeleteParams::background()).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.admin(), NAMESPACE);
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline && namespaces.get_opt(NAMESPACE).await.ok().flatten().is_some() {
+        // The bridges' simulated preStop hooks are gone with the scenario: let their pods go.
+        for pod in pods
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            if pod.finalizers().iter().any(|f| f == PRE_STOP) {
+                let release = json!({ "metadata": { "finalizers": null } });
+                let _ = pods
+                    .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(release))
+                    .await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
