@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod dataplane;
 pub mod process;
 
 /// The Service CIDR; its first address is the `kubernetes` Service, named in the serving certificate.
@@ -23,7 +24,8 @@ pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 pub struct Node {
     pub name: &'static str,
     pub zone: &'static str,
-    /// Its InternalIP: a loopback address, so a NodePort "on a node" is an address of this machine.
+    /// Its InternalIP: on a private segment that exists only inside the dataplane's namespaces
+    /// (`dataplane`), where this address is the node's own.
     pub ip: Ipv4Addr,
 }
 
@@ -32,17 +34,17 @@ pub const NODES: [Node; 3] = [
     Node {
         name: "kwok-node-0",
         zone: "local-1a",
-        ip: Ipv4Addr::new(127, 0, 10, 1),
+        ip: Ipv4Addr::new(10, 250, 0, 1),
     },
     Node {
         name: "kwok-node-1",
         zone: "local-1b",
-        ip: Ipv4Addr::new(127, 0, 10, 2),
+        ip: Ipv4Addr::new(10, 250, 0, 2),
     },
     Node {
         name: "kwok-node-2",
         zone: "local-1a",
-        ip: Ipv4Addr::new(127, 0, 10, 3),
+        ip: Ipv4Addr::new(10, 250, 0, 3),
     },
 ];
 

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod bridge_stub;
 pub mod control_plane;
 pub mod daemon;
+pub mod dataplane;
 pub mod fault_proxy;
 pub mod haproxy;
 pub mod manifests;

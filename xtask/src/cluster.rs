@@ -25,7 +25,11 @@ use crate::{pki, process};
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Start the cluster (reuses a healthy running one; cleans up after a crashed one).
-    Up,
+    Up {
+        /// Also a real dataplane: node network namespaces with kube-proxy, a client namespace (root).
+        #[arg(long, env = "JITSI_K8S_DATAPLANE")]
+        dataplane: bool,
+    },
     /// Stop every process the cluster started and remove its state.
     Down,
     /// Say what runs: processes, memory, apiserver readiness, nodes.
@@ -36,8 +40,8 @@ pub enum Action {
 
 pub fn run(paths: &Paths, action: Action) -> Result<ExitCode> {
     match action {
-        Action::Up => {
-            up(paths)?;
+        Action::Up { dataplane } => {
+            up_with(paths, dataplane)?;
             println!("export KUBECONFIG={}", paths.kubeconfig().display());
         }
         Action::Down => down(paths)?,
@@ -107,11 +111,13 @@ rules:
 
 /// Users of the token file. `system:masters` members are cluster admins; the others start with no
 /// rights at all, for RBAC tests.
-const USERS: [(&str, &str); 7] = [
+const USERS: [(&str, &str); 8] = [
     ("admin", "system:masters"),
     ("system:kube-controller-manager", "system:masters"),
     ("system:kube-scheduler", "system:masters"),
     ("kwok", "system:masters"),
+    // Bound to system:node-proxier by the API server's default RBAC, as on a real cluster.
+    (crate::dataplane::KUBE_PROXY_USER, ""),
     ("alice", ""),
     ("bob", ""),
     ("carol", ""),
@@ -139,12 +145,21 @@ fn is_healthy(paths: &Paths, state: &State) -> bool {
 
 /// Starts the cluster unless a healthy one runs. Returns true when this call started it.
 pub fn up(paths: &Paths) -> Result<bool> {
-    if let Some(state) = load_state(paths) {
+    up_with(paths, false)
+}
+
+/// As [`up`], with the real dataplane when `dataplane` (added to a running cluster that lacks it).
+pub fn up_with(paths: &Paths, dataplane: bool) -> Result<bool> {
+    if let Some(mut state) = load_state(paths) {
         if is_healthy(paths, &state) {
             println!(
                 "==> the local cluster is already running (Kubernetes {})",
                 state.kubernetes_version
             );
+            if dataplane && !local_cluster::dataplane::is_up() {
+                let kubernetes_bin = gobuild::KUBERNETES.ensure_built(&paths.go_modules(), &paths.cache)?;
+                crate::dataplane::up(paths, &mut state, &kubernetes_bin)?;
+            }
             return Ok(false);
         }
         println!("==> found a local cluster that is not healthy (a crashed earlier run?): cleaning it up");
@@ -312,6 +327,9 @@ pub fn up(paths: &Paths) -> Result<bool> {
         NODES.len(),
         paths.kubeconfig().display()
     );
+    if dataplane {
+        crate::dataplane::up(paths, &mut state, &kubernetes_bin)?;
+    }
     Ok(true)
 }
 
@@ -319,7 +337,13 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|arg| (*arg).to_owned()).collect()
 }
 
-fn start(paths: &Paths, state: &mut State, name: &str, program: &Path, args: &[String]) -> Result<()> {
+pub(crate) fn start(
+    paths: &Paths,
+    state: &mut State,
+    name: &str,
+    program: &Path,
+    args: &[String],
+) -> Result<()> {
     let log = paths.cluster.logs().join(format!("{name}.log"));
     let pid =
         spawn_detached(program, args, &log).with_context(|| format!("starting {}", program.display()))?;
@@ -399,6 +423,10 @@ fn write_credentials(paths: &Paths, pki: &pki::Pki, apiserver_port: u16) -> Resu
         ),
         ("system:kube-scheduler", "kube-scheduler.kubeconfig"),
         ("kwok", "kwok.kubeconfig"),
+        (
+            crate::dataplane::KUBE_PROXY_USER,
+            crate::dataplane::KUBE_PROXY_KUBECONFIG,
+        ),
     ] {
         let entry: Vec<(&str, String)> = users.iter().filter(|(u, _)| *u == user).cloned().collect();
         std::fs::write(dir.join(file), kubeconfig(&entry, user))?;
@@ -549,14 +577,35 @@ status:
 }
 
 fn create_nodes(paths: &Paths) -> Result<()> {
-    // `create`, not `apply`: a Node's status is kept on create only, and KWOK keeps the addresses and
-    // capacity it finds there.
+    // `create`, not `apply`: a Node's status is kept on create only, and KWOK keeps the capacity it
+    // finds there.
     kubectl_owned(
         paths,
         &["create".to_owned(), "--filename=-".to_owned()],
         Some(&nodes_yaml()),
     )
     .context("creating the fake Nodes")?;
+    // The API server drops addresses given on create; KWOK keeps those set afterwards. kube-proxy, the
+    // pods' hostIP and jvb-startup read them.
+    for node in NODES {
+        let addresses = serde_json::json!({ "status": { "addresses": [
+            { "type": "InternalIP", "address": node.ip.to_string() },
+            { "type": "Hostname", "address": node.name },
+        ] } });
+        kubectl_owned(
+            paths,
+            &[
+                "patch".to_owned(),
+                "node".to_owned(),
+                node.name.to_owned(),
+                "--subresource=status".to_owned(),
+                "--type=merge".to_owned(),
+                format!("--patch={addresses}"),
+            ],
+            None,
+        )
+        .with_context(|| format!("setting the addresses of {}", node.name))?;
+    }
     Ok(())
 }
 
@@ -599,6 +648,7 @@ fn down_quietly(paths: &Paths) -> Result<usize> {
             }
         }
     }
+    crate::dataplane::remove_all();
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }

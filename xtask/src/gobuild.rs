@@ -31,6 +31,7 @@ pub const KUBERNETES: GoProgram = GoProgram {
             "k8s.io/kubernetes/cmd/kube-controller-manager",
         ),
         ("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler"),
+        ("kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy"),
     ],
     tags: "selinux,notest",
     ldflags: kubernetes_ldflags,

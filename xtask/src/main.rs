@@ -8,6 +8,7 @@ mod bench;
 mod bench_controller;
 mod cargo;
 mod cluster;
+mod dataplane;
 mod demo;
 mod gobuild;
 mod images;

@@ -10,8 +10,17 @@ use anyhow::{Context, Result, bail, ensure};
 const TEST_PROGRAMS: [(&str, &str); 3] = [
     ("promtool", "prometheus"),
     ("haproxy", "haproxy"),
-    // The DNS server that answers the SRV records HAProxy discovers shards through.
+    // The cluster DNS HAProxy resolves the shards' web Services through.
     ("dnsmasq", "dnsmasq-base"),
+];
+
+/// What the dataplane (`cluster up --dataplane`) runs: network namespaces and veths, kube-proxy's
+/// nftables, the API server forwarder into the node namespaces, per-namespace sysctls.
+pub const DATAPLANE_PROGRAMS: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("socat", "socat"),
+    ("sysctl", "procps"),
 ];
 
 /// The Prosody the `jitsi/prosody` image runs; Debian bookworm carries it in bookworm-backports.
@@ -23,6 +32,7 @@ pub fn ensure_installed() -> Result<()> {
     which("go").context("Go is not installed: the control plane is built from the Go module proxy")?;
     which("kubectl").context("kubectl is not installed")?;
     ensure_commands(&TEST_PROGRAMS)?;
+    ensure_commands(&DATAPLANE_PROGRAMS)?;
     ensure_prosody()?;
     ensure_python_venv()
 }

@@ -56,7 +56,8 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         }
     }
 
-    let started_cluster = cluster::up(paths)?;
+    // With the real dataplane: the tests of tests/dataplane.rs send packets through it.
+    let started_cluster = cluster::up_with(paths, true)?;
     let kubeconfig = paths.kubeconfig().display().to_string();
     let netpol_verdicts = gobuild::NETPOL_VERDICTS
         .ensure_built(&paths.go_modules(), &paths.cache)?

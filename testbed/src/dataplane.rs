@@ -1,0 +1,206 @@
+//! Pods on the local cluster's real dataplane (`cargo xtask cluster up --dataplane`): a test attaches the
+//! pods it needs to the network of their node, runs a UDP responder in them, and probes from the client
+//! namespace that stands for the internet — through the real kube-proxy of each node.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use local_cluster::NODES;
+use local_cluster::dataplane::{self, CLIENT, POD_GATEWAY};
+
+use crate::daemon::binary;
+
+/// The MAC of every pod veth's node end (as Calico does): the pod's static neighbour for its gateway.
+const NODE_SIDE_MAC: &str = "ee:ee:ee:ee:ee:ee";
+
+/// Panics with the command to run when the cluster has no dataplane.
+pub fn require() {
+    assert!(
+        dataplane::is_up(),
+        "the local cluster has no dataplane: run the tests through `cargo xtask test`, or start \
+         `cargo xtask cluster up --dataplane` (as root)"
+    );
+}
+
+/// A node's InternalIP, by name.
+pub fn node_ip(node: &str) -> Ipv4Addr {
+    NODES
+        .iter()
+        .find(|n| n.name == node)
+        .unwrap_or_else(|| panic!("{node} is not a node of the local cluster"))
+        .ip
+}
+
+/// Every node's name.
+pub fn node_names() -> Vec<&'static str> {
+    NODES.iter().map(|n| n.name).collect()
+}
+
+/// One datagram from the internet (the client namespace) to `ip:port`: the answer, or None when nothing
+/// answers within half a second.
+pub fn probe(ip: Ipv4Addr, port: u16) -> Option<String> {
+    probe_from(CLIENT, ip, port)
+}
+
+fn probe_from(netns: &str, ip: Ipv4Addr, port: u16) -> Option<String> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(binary("udp-peer"))
+        .args(["probe", &format!("{ip}:{port}"), "500"])
+        .output()
+        .expect("running udp-peer probe");
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// A pod wired to its node: its own network namespace with its pod IP, a veth to the node, routes on
+/// every node. Everything goes when dropped — drop it as soon as its pod is gone, since KWOK hands the
+/// IP to the next pod at once.
+#[derive(Debug)]
+pub struct PodNet {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub node: String,
+    netns: String,
+    responders: Vec<Child>,
+}
+
+impl PodNet {
+    /// Wires a scheduled pod that has its IP (KWOK's) to the node it runs on.
+    pub fn attach(pod: &Pod) -> Self {
+        require();
+        let name = pod.name_any();
+        let ip: Ipv4Addr = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .unwrap_or_else(|| panic!("{name} has no pod IP yet"))
+            .parse()
+            .expect("an IPv4 pod IP");
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| panic!("{name} is not scheduled"));
+        let uid = pod.uid().unwrap_or_else(|| panic!("{name} has no UID"));
+        let netns = dataplane::pod_namespace(&uid);
+        let node_netns = dataplane::node_namespace(&node);
+        let veth = dataplane::pod_veth(&uid);
+        let host = format!("{ip}/32");
+        let gateway = POD_GATEWAY.to_string();
+        let steps: Vec<(Option<&str>, Vec<&str>)> = vec![
+            (None, vec!["netns", "add", &netns]),
+            (Some(&netns), vec!["link", "set", "lo", "up"]),
+            (
+                None,
+                vec![
+                    "link",
+                    "add",
+                    &veth,
+                    "netns",
+                    &node_netns,
+                    "address",
+                    NODE_SIDE_MAC,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &netns,
+                ],
+            ),
+            (Some(&node_netns), vec!["link", "set", &veth, "up"]),
+            (Some(&node_netns), vec!["route", "replace", &host, "dev", &veth]),
+            (Some(&netns), vec!["addr", "add", &host, "dev", "eth0"]),
+            (Some(&netns), vec!["link", "set", "eth0", "up"]),
+            // The gateway is the node's end of the veth, by its fixed MAC: no ARP needed.
+            (
+                Some(&netns),
+                vec!["route", "add", &gateway, "dev", "eth0", "scope", "link"],
+            ),
+            (
+                Some(&netns),
+                vec![
+                    "neigh",
+                    "add",
+                    &gateway,
+                    "lladdr",
+                    NODE_SIDE_MAC,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ],
+            ),
+            (
+                Some(&netns),
+                vec!["route", "add", "default", "via", &gateway, "dev", "eth0"],
+            ),
+        ];
+        for (in_netns, args) in steps {
+            dataplane::ip(in_netns, &args).unwrap_or_else(|e| panic!("wiring {name}: {e}"));
+        }
+        let via = node_ip(&node).to_string();
+        for other in NODES.iter().filter(|n| n.name != node) {
+            let other_netns = dataplane::node_namespace(other.name);
+            dataplane::ip(Some(&other_netns), &["route", "replace", &host, "via", &via])
+                .unwrap_or_else(|e| panic!("routing {name} from {}: {e}", other.name));
+        }
+        Self {
+            name,
+            ip,
+            node,
+            netns,
+            responders: Vec::new(),
+        }
+    }
+
+    /// Runs a UDP responder on `port` in the pod that answers with the pod's name; returns once it
+    /// answers from the pod's own node.
+    pub fn serve_udp(&mut self, port: u16) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(binary("udp-peer"))
+            .args(["serve", &port.to_string(), &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting udp-peer serve");
+        self.responders.push(child);
+        let node_netns = dataplane::node_namespace(&self.node);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probe_from(&node_netns, self.ip, port).as_deref() != Some(&self.name) {
+            assert!(
+                Instant::now() < deadline,
+                "{}'s responder on {}:{port} does not answer from its node",
+                self.name,
+                self.ip
+            );
+        }
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        for responder in &mut self.responders {
+            let _ = responder.kill();
+            let _ = responder.wait();
+        }
+        // Only the routes that still lead to this pod: its IP may already be another pod's.
+        let host = format!("{}/32", self.ip);
+        let via = node_ip(&self.node).to_string();
+        for node in NODES.iter().filter(|n| n.name != self.node) {
+            let _ = dataplane::ip(
+                Some(&dataplane::node_namespace(node.name)),
+                &["route", "del", &host, "via", &via],
+            );
+        }
+        dataplane::delete_namespace(&self.netns);
+    }
+}
