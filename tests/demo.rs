@@ -14,11 +14,15 @@ async fn the_demo_scenario_holds() {
     let holder = cluster.namespace("demo-node-ports").await;
     holder.reserve_node_ports(30300).await;
     // The demo deletes its namespace, and waits until it is gone, before it exits.
-    let output =
-        tokio::task::spawn_blocking(|| std::process::Command::new(binary("demo")).arg("--once").output())
-            .await
-            .unwrap()
-            .unwrap();
+    testbed::dataplane::require();
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(binary("demo"))
+            .args(["--once", "--dataplane"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the demo failed:\n{stdout}\n{stderr}");
@@ -30,10 +34,11 @@ async fn the_demo_scenario_holds() {
         ("shard-0-jvb-2", 30302),
     ] {
         assert!(
-            stdout
-                .lines()
-                .any(|l| l.contains(pod) && l.contains(&port.to_string()) && l.contains(" up ")),
-            "no live row for {pod}:\n{stdout}"
+            stdout.lines().any(|l| l.contains(pod)
+                && l.contains(&port.to_string())
+                && l.contains(" up ")
+                && l.trim_end().ends_with("yes")),
+            "no live row for {pod}, reachable over UDP:\n{stdout}"
         );
     }
     // The main claim: after scaling down, the removed bridges are listed Terminating with their Service
@@ -41,7 +46,12 @@ async fn the_demo_scenario_holds() {
     for (pod, port) in [("shard-0-jvb-1", 30301), ("shard-0-jvb-2", 30302)] {
         let draining: Vec<&str> = stdout
             .lines()
-            .filter(|l| l.contains(pod) && l.contains("Terminating") && l.contains(&port.to_string()))
+            .filter(|l| {
+                l.contains(pod)
+                    && l.contains("Terminating")
+                    && l.contains(&port.to_string())
+                    && l.trim_end().ends_with("yes")
+            })
             .collect();
         assert!(
             draining.len() >= 2,

@@ -17,6 +17,10 @@ pub struct Args {
     /// Leave the local cluster running afterwards, when this command started it.
     #[arg(long)]
     keep_cluster: bool,
+    /// With the real dataplane (root): each bridge answers UDP on its node port, probed from a client
+    /// namespace; the table gains a column "UDP".
+    #[arg(long, env = "JITSI_K8S_DATAPLANE")]
+    dataplane: bool,
 }
 
 pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
@@ -25,11 +29,11 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
     packages::ensure_prosody()?;
     packages::ensure_python_venv()?;
     println!("==> local control plane (built from the Go module proxy the first time: a few minutes)");
-    let started_cluster = cluster::up(paths)?;
+    let started_cluster = cluster::up_with(paths, args.dataplane)?;
     println!("==> building the daemons and the demo (cargo; minutes when cold)");
     let built = cargo::run(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
     let outcome = if built {
-        run_scenario(paths, args.once)
+        run_scenario(paths, args.once, args.dataplane)
     } else {
         Ok(false)
     };
@@ -46,11 +50,14 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
 
 /// Runs the demo binary. Ctrl-C reaches it too (same terminal process group); this process only waits
 /// for it to finish tearing down, so the cluster can be stopped afterwards.
-fn run_scenario(paths: &Paths, once: bool) -> Result<bool> {
+fn run_scenario(paths: &Paths, once: bool, dataplane: bool) -> Result<bool> {
     let mut command = Command::new(paths.built("debug", "demo"));
     command.env("KUBECONFIG", paths.kubeconfig());
     if once {
         command.arg("--once");
+    }
+    if dataplane {
+        command.arg("--dataplane");
     }
     let mut child = command.spawn().context("starting the demo")?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -19,6 +19,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use testbed::bridge_stub::{BridgeStub, StubConfig};
 use testbed::daemon::Daemon;
+use testbed::dataplane::PodNet;
 use testbed::haproxy::{self, Dns, Replica, ShardWeb, Wiring};
 use testbed::manifests::{self, named, repo_root};
 use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
@@ -41,6 +42,10 @@ struct Bridge {
     stub: BridgeStub,
     exporter: Daemon,
     drain: Option<tokio::process::Child>,
+    /// With `--dataplane`: the pod on its node's network, answering UDP on its port.
+    net: Option<PodNet>,
+    /// Where the internet reaches it: its node's address and its node port.
+    media: Option<(std::net::Ipv4Addr, u16)>,
 }
 
 /// Holds a bridge pod in Terminating while its preStop hook runs, as the kubelet does: KWOK deletes a
@@ -52,10 +57,11 @@ type Bridges = Arc<Mutex<BTreeMap<String, Bridge>>>;
 #[tokio::main]
 async fn main() -> ExitCode {
     let once = std::env::args().any(|arg| arg == "--once");
+    let dataplane = std::env::args().any(|arg| arg == "--dataplane");
     println!("{}", STAND_INS);
     let cluster = Cluster::connect().await;
     let outcome = tokio::select! {
-        outcome = scenario(&cluster, once) => outcome,
+        outcome = scenario(&cluster, once, dataplane) => outcome,
         _ = tokio::signal::ctrl_c() => {
             println!("\nCtrl-C: tearing everything down");
             delete_namespace(&cluster).await;
@@ -89,9 +95,17 @@ jitsi-k8s demo — manifests/overlays/dev on a local Kubernetes control plane
                against that stub, its pod held Terminating (a finalizer) while the hook runs, as a kubelet
                would; the shard's web is a stub HAProxy finds through dnsmasq A records of its headless
                Service name, as it would through the cluster DNS
+  --dataplane: each KWOK node is a network namespace running a real kube-proxy (nftables); each bridge pod
+               gets a network namespace answering UDP on its port; UDP REACHABLE is a datagram sent from
+               a client namespace to the bridge's node address and node port, answered by that pod
 ";
 
-async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
+async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), Failure> {
+    if dataplane && !local_cluster::dataplane::is_up() {
+        return Err(
+            "--dataplane needs the cluster's dataplane: `cargo xtask demo --dataplane` starts it".to_owned(),
+        );
+    }
     delete_namespace(cluster).await;
     step("apply manifests/overlays/dev (server-side, as `kubectl apply --server-side -k`)");
     let output = Command::new("kubectl")
@@ -135,7 +149,11 @@ async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
     );
 
     let bridges: Bridges = Arc::default();
-    let _follower = AbortOnDrop(tokio::spawn(follow_bridges(pods.clone(), bridges.clone())));
+    let _follower = AbortOnDrop(tokio::spawn(follow_bridges(
+        pods.clone(),
+        bridges.clone(),
+        dataplane,
+    )));
 
     step("Prosody (real) with the room census, prosody-exporter (real), two people in a room");
     let prosody = Prosody::start(ProsodyOptions::default());
@@ -178,12 +196,12 @@ async fn scenario(cluster: &Cluster, once: bool) -> Result<(), Failure> {
     let services: Api<Service> = Api::namespaced(cluster.admin(), NAMESPACE);
     for replicas in [1, 3] {
         scale(cluster, replicas).await?;
-        converge(&pods, &services, &bridges, replicas as usize).await?;
+        converge(&pods, &services, &bridges, replicas as usize, dataplane).await?;
         println!("{}", table(&pods, &services, &bridges).await);
     }
     scale(cluster, 1).await?;
     watch_drain(&pods, &services, &bridges).await?;
-    converge(&pods, &services, &bridges, 1).await?;
+    converge(&pods, &services, &bridges, 1, dataplane).await?;
     println!("{}", table(&pods, &services, &bridges).await);
 
     println!("\n{}", look_around(&controller, &prosody_exporter, &haproxy));
@@ -253,7 +271,7 @@ async fn running_pods(pods: &Api<Pod>, prefix: &str) -> Vec<Pod> {
 
 /// Gives every Running bridge pod its simulated bridge and exporter; runs the preStop hook of each pod
 /// that starts terminating and lets the pod go when the hook returns; stops those of pods that left.
-async fn follow_bridges(pods: Api<Pod>, bridges: Bridges) {
+async fn follow_bridges(pods: Api<Pod>, bridges: Bridges, dataplane: bool) {
     loop {
         let existing: Vec<Pod> = pods
             .list(&ListParams::default())
@@ -270,7 +288,15 @@ async fn follow_bridges(pods: Api<Pod>, bridges: Bridges) {
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             match bridges.get_mut(&name) {
                 None if running && pod.metadata.deletion_timestamp.is_none() => {
-                    bridges.insert(name.clone(), start_bridge(&name).await);
+                    let mut bridge = start_bridge(&name).await;
+                    if dataplane {
+                        let port = media_port(pod);
+                        let mut net = PodNet::attach(pod);
+                        net.serve_udp(port);
+                        bridge.media = Some((testbed::dataplane::node_ip(&net.node), port));
+                        bridge.net = Some(net);
+                    }
+                    bridges.insert(name.clone(), bridge);
                     let hold = json!({ "metadata": { "finalizers": [PRE_STOP] } });
                     let _ = pods
                         .patch(&name, &PatchParams::default(), &Patch::Merge(hold))
@@ -311,7 +337,25 @@ async fn start_bridge(name: &str) -> Bridge {
         stub,
         exporter,
         drain: None,
+        net: None,
+        media: None,
     }
+}
+
+/// The bridge's port, as jvb-startup works it out: the pod's base-port annotation plus its ordinal.
+fn media_port(pod: &Pod) -> u16 {
+    let base: u16 = pod
+        .annotations()
+        .get("service-per-pod/base-port")
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(30300);
+    let ordinal: u16 = pod
+        .name_any()
+        .rsplit('-')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    base + ordinal
 }
 
 /// The pod's preStop hook, as the manifest runs it: `jvb-startup drain` against the bridge.
@@ -360,6 +404,7 @@ async fn converge(
     services: &Api<Service>,
     bridges: &Bridges,
     replicas: usize,
+    dataplane: bool,
 ) -> Result<(), Failure> {
     let wanted: Vec<String> = (0..replicas).map(|i| format!("{BRIDGES}-{i}")).collect();
     wait(
@@ -397,6 +442,16 @@ async fn converge(
                 if promtool::samples(&text).get("jitsi_up") != Some(&1.0) {
                     return None;
                 }
+                if dataplane {
+                    // kube-proxy has programmed its node port: the internet reaches this bridge.
+                    let (ip, port) = bridges.get(name)?.media?;
+                    let answer = tokio::task::spawn_blocking(move || testbed::dataplane::probe(ip, port))
+                        .await
+                        .ok()??;
+                    if &answer != name {
+                        return None;
+                    }
+                }
             }
             Some(())
         },
@@ -412,6 +467,8 @@ struct Row {
     node_port: Option<i32>,
     exporter: &'static str,
     participants: Option<f64>,
+    /// With `--dataplane`: whether a datagram from the internet to its node port gets the bridge's answer.
+    udp: Option<bool>,
 }
 
 async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Vec<Row> {
@@ -448,6 +505,17 @@ async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Ve
         };
         let service = services.iter().find(|s| s.name_any() == name);
         let node_port = service.and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first()?.node_port);
+        let udp = match bridges.get(&name).and_then(|b| b.media) {
+            Some((ip, port)) => {
+                let expected = name.clone();
+                let answer = tokio::task::spawn_blocking(move || testbed::dataplane::probe(ip, port))
+                    .await
+                    .ok()
+                    .flatten();
+                Some(answer.as_deref() == Some(expected.as_str()))
+            }
+            None => None,
+        };
         let (exporter, participants) = match bridges.get(&name) {
             Some(bridge) => {
                 let text = reqwest::get(format!("http://{}/metrics", bridge.exporter.admin))
@@ -472,16 +540,21 @@ async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Ve
             node_port,
             exporter,
             participants,
+            udp,
         });
     }
     rows
 }
 
 fn format_table(rows: &[Row]) -> String {
+    let with_udp = rows.iter().any(|r| r.udp.is_some());
     let mut table = format!(
         "  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
         "POD", "PHASE", "SERVICE", "NODEPORT", "EXPORTER", "PARTICIPANTS"
     );
+    if with_udp {
+        table.push_str("  UDP REACHABLE");
+    }
     for row in rows {
         table.push_str(&format!(
             "\n  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
@@ -492,6 +565,14 @@ fn format_table(rows: &[Row]) -> String {
             row.exporter,
             row.participants.map_or("-".to_owned(), |p| p.to_string()),
         ));
+        if with_udp {
+            let udp = match row.udp {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
+            table.push_str(&format!("  {udp}"));
+        }
     }
     table
 }
@@ -523,6 +604,11 @@ async fn watch_drain(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges
             if row.node_port.is_none() {
                 return Err(format!(
                     "{name} lost its Service while still Terminating: its calls would drop"
+                ));
+            }
+            if row.udp == Some(false) {
+                return Err(format!(
+                    "{name} is Terminating but its node port no longer reaches it"
                 ));
             }
             if let Some(participants) = row.participants {
