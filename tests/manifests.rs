@@ -368,15 +368,6 @@ fn every_shard_is_wired_to_itself_and_owns_a_distinct_port_block() {
                 shard
             );
 
-            // The exporter and the preStop hook need the bridge's REST API, off by default.
-            for switch in ["COLIBRI_REST_ENABLED", "SHUTDOWN_REST_ENABLED"] {
-                assert_eq!(
-                    env(jvb, switch).map(|e| &e["value"]),
-                    Some(&json!("true")),
-                    "{overlay}: {set} {switch}"
-                );
-            }
-
             // The preStop hook gives up before the kubelet kills the bridge.
             let drain = seconds(env(jvb, "DRAIN_TIMEOUT").unwrap()["value"].as_str().unwrap());
             let grace = pod_spec(bridges)["terminationGracePeriodSeconds"]

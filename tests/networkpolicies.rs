@@ -1,12 +1,20 @@
-//! The NetworkPolicies of the production overlay, rendered as users render them and evaluated by cyclonus's
-//! policy engine (the Kubernetes SIG Network analyzer), against the matrix SECURITY.md promises: every cell
-//! of it, and every port a pod declares must have its row.
+//! The NetworkPolicies of the production overlay, rendered as users render them, against the matrix
+//! SECURITY.md promises: evaluated cell by cell by cyclonus's policy engine (the Kubernetes SIG Network
+//! analyzer), and enforced on real packets by kube-router's NetworkPolicy controller in the local
+//! cluster's dataplane (`cargo xtask cluster up --dataplane`). Every port a pod declares must have its row.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::api::PostParams;
 use serde_json::{Value, json};
-use testbed::manifests::{kind, of_kind, render_overlay};
+use testbed::dataplane::{PodNet, Protocol};
+use testbed::manifests::{self, kind, of_kind, render_overlay};
 use testbed::netpol::{Connection, Peer, verdicts};
 
 const PRODUCTION: &str = "manifests/overlays/production";
@@ -106,11 +114,15 @@ struct Rendered {
 
 impl Rendered {
     fn production() -> Self {
-        let objects = render_overlay(NAMESPACE, PRODUCTION, &[]);
+        Self::production_in(NAMESPACE)
+    }
+
+    fn production_in(namespace_name: &str) -> Self {
+        let objects = render_overlay(namespace_name, PRODUCTION, &[]);
         let namespace = of_kind(&objects, "Namespace").next().unwrap();
         let mut namespace_labels = namespace["metadata"]["labels"].clone();
         // Set by the API server on every namespace; policies select namespaces by it.
-        namespace_labels["kubernetes.io/metadata.name"] = json!(NAMESPACE);
+        namespace_labels["kubernetes.io/metadata.name"] = json!(namespace_name);
         Self {
             objects,
             namespace_labels,
@@ -267,4 +279,208 @@ fn every_port_a_pod_declares_is_in_the_matrix() {
     for policy in rendered.policies() {
         assert_eq!(policy["metadata"]["namespace"], NAMESPACE);
     }
+}
+
+/// A pod standing for one of the matrix's peers: its labels, its declared ports (policies name ports,
+/// which an implementation resolves through the pod's spec) and namespace, no container running (KWOK),
+/// its own network namespace with responders (`testbed::dataplane::PodNet`).
+async fn stand_in(namespace: &str, name: &str, labels: &Value, ports: &[&Value]) -> PodNet {
+    let cluster = testbed::Cluster::connect().await;
+    let pods: Api<Pod> = Api::namespaced(cluster.admin(), namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "containers": [{
+            "name": "stand-in", "image": "registry.example.org/stand-in:1", "ports": ports }] }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running = testbed::eventually(
+        &format!("{namespace}/{name} Running with an IP"),
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get_opt(name).await.ok()??;
+            let status = pod.status.as_ref()?;
+            (status.phase.as_deref() == Some("Running") && status.pod_ip.is_some()).then_some(pod)
+        },
+    )
+    .await;
+    PodNet::attach(&running)
+}
+
+fn protocol_of(row: &Row) -> Protocol {
+    if row.protocol == "UDP" {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    }
+}
+
+/// The matrix on real packets: the rendered policies applied to a namespace of stand-in pods labelled as
+/// the workloads are, each destination serving its rows' ports, each source probing them — through the
+/// node namespaces, where kube-router's NetworkPolicy controller filters. Sources and destinations are
+/// distinct pods (traffic of a pod to itself never leaves it, whatever the policies say).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matrix_holds_on_real_packets_through_kube_router() {
+    testbed::dataplane::require();
+    let cluster = testbed::Cluster::connect().await;
+    let jitsi = cluster.namespace("netpol-enforced").await;
+    let elsewhere = cluster.namespace("netpol-elsewhere").await;
+    // The policies admit Prometheus by its namespace's name.
+    let namespaces: Api<Namespace> = Api::all(cluster.admin());
+    if namespaces.get_opt("monitoring").await.unwrap().is_none() {
+        let monitoring: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": "monitoring" } })).unwrap();
+        let _ = namespaces.create(&PostParams::default(), &monitoring).await;
+    }
+    let rendered = Rendered::production_in(&jitsi.name);
+    let matrix = matrix();
+    let template_labels =
+        |name: &str| workload(&rendered.objects, name)["spec"]["template"]["metadata"]["labels"].clone();
+    let declared = |name: &str| container_ports(workload(&rendered.objects, name));
+
+    // Destinations, each serving the ports of its rows.
+    let mut destinations = BTreeMap::new();
+    for row in &matrix.rows {
+        let workload = workload_name(&row.to);
+        if !destinations.contains_key(&workload) {
+            let net = stand_in(
+                &jitsi.name,
+                &format!("{workload}-to"),
+                &template_labels(&workload),
+                &declared(&workload),
+            )
+            .await;
+            destinations.insert(workload.clone(), net);
+        }
+        destinations
+            .get_mut(&workload)
+            .unwrap()
+            .serve(protocol_of(row), row.port);
+    }
+    // Sources: the internet is the client namespace, the others stand-in pods.
+    let suffix = &jitsi.name[jitsi.name.len() - 8..];
+    let mut sources: Vec<Option<PodNet>> = Vec::new();
+    for source in &matrix.sources {
+        let net = match source.as_str() {
+            "internet" => None,
+            "pod of another namespace" => {
+                Some(stand_in(&elsewhere.name, "curious", &json!({ "app": "curious" }), &[]).await)
+            }
+            "Prometheus (namespace monitoring)" => Some(
+                stand_in(
+                    "monitoring",
+                    &format!("prometheus-{suffix}"),
+                    &json!({ "app.kubernetes.io/name": "prometheus" }),
+                    &[],
+                )
+                .await,
+            ),
+            workload => {
+                let name = workload_name(workload);
+                Some(
+                    stand_in(
+                        &jitsi.name,
+                        &format!("{name}-from"),
+                        &template_labels(&name),
+                        &declared(&name),
+                    )
+                    .await,
+                )
+            }
+        };
+        sources.push(net);
+    }
+    let cells: Vec<(usize, &Row, bool)> = matrix
+        .rows
+        .iter()
+        .flat_map(|row| {
+            row.allowed
+                .iter()
+                .enumerate()
+                .map(move |(i, allowed)| (i, row, *allowed))
+        })
+        .collect();
+    // Every cell at once (a denied one waits out its half-second timeout).
+    let probe_all = || {
+        std::thread::scope(|scope| {
+            let probes: Vec<_> = cells
+                .iter()
+                .map(|(source, row, _)| {
+                    let destination = &destinations[&workload_name(&row.to)];
+                    let from = sources[*source].as_ref();
+                    scope.spawn(move || {
+                        let (ip, port, protocol) = (destination.ip, row.port, protocol_of(row));
+                        let answer = match from {
+                            Some(net) => net.probe(protocol, ip, port),
+                            None => testbed::dataplane::probe_from_internet(protocol, ip, port),
+                        };
+                        answer.as_deref() == Some(destination.name.as_str())
+                    })
+                })
+                .collect();
+            probes
+                .into_iter()
+                .map(|p| p.join().unwrap())
+                .collect::<Vec<bool>>()
+        })
+    };
+
+    // Before any policy everything answers: the denials below are the policies' doing.
+    let open = tokio::task::block_in_place(probe_all);
+    assert!(
+        open.iter().all(|answered| *answered),
+        "without policies some probe went unanswered: {open:?}"
+    );
+
+    let policies: Vec<Value> = rendered.policies().into_iter().cloned().collect();
+    manifests::apply(&policies);
+    // kube-router applies them within seconds; until it has, cells differ.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wrong = loop {
+        let answers = tokio::task::block_in_place(probe_all);
+        let wrong: Vec<String> = cells
+            .iter()
+            .zip(&answers)
+            .filter(|((_, _, allowed), answered)| *allowed != **answered)
+            .map(|((source, row, allowed), _)| {
+                format!(
+                    "{} → {} {} {}: SECURITY.md says {}, the packets {}",
+                    matrix.sources[*source],
+                    row.to,
+                    row.protocol,
+                    row.port,
+                    if *allowed { "allowed" } else { "denied" },
+                    if *allowed {
+                        "went unanswered"
+                    } else {
+                        "got through"
+                    }
+                )
+            })
+            .collect();
+        if wrong.is_empty() || Instant::now() > deadline {
+            break wrong;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        wrong.is_empty(),
+        "{} cells differ on real packets:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    println!(
+        "{} cells of SECURITY.md's matrix hold on real packets ({} allowed, {} denied)",
+        cells.len(),
+        cells.iter().filter(|c| c.2).count(),
+        cells.iter().filter(|c| !c.2).count()
+    );
+    drop(destinations);
+    drop(sources);
+    let pods: Api<Pod> = Api::namespaced(cluster.admin(), "monitoring");
+    let _ = pods
+        .delete(&format!("prometheus-{suffix}"), &Default::default())
+        .await;
+    elsewhere.delete().await;
+    jitsi.delete().await;
 }

@@ -39,19 +39,40 @@ pub fn node_names() -> Vec<&'static str> {
     NODES.iter().map(|n| n.name).collect()
 }
 
+/// A transport protocol a pod serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Udp,
+    Tcp,
+}
+
+impl Protocol {
+    fn word(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
 /// One datagram from the internet (the client namespace) to `ip:port`: the answer, or None when nothing
 /// answers within half a second.
 pub fn probe(ip: Ipv4Addr, port: u16) -> Option<String> {
-    probe_from(CLIENT, ip, port)
+    probe_from(CLIENT, Protocol::Udp, ip, port)
 }
 
-fn probe_from(netns: &str, ip: Ipv4Addr, port: u16) -> Option<String> {
+/// One datagram or connection from the internet to `ip:port`.
+pub fn probe_from_internet(protocol: Protocol, ip: Ipv4Addr, port: u16) -> Option<String> {
+    probe_from(CLIENT, protocol, ip, port)
+}
+
+fn probe_from(netns: &str, protocol: Protocol, ip: Ipv4Addr, port: u16) -> Option<String> {
     let output = Command::new("ip")
         .args(["netns", "exec", netns])
-        .arg(binary("udp-peer"))
-        .args(["probe", &format!("{ip}:{port}"), "500"])
+        .arg(binary("net-peer"))
+        .args(["probe", protocol.word(), &format!("{ip}:{port}"), "500"])
         .output()
-        .expect("running udp-peer probe");
+        .expect("running net-peer probe");
     output
         .status
         .success()
@@ -164,25 +185,37 @@ impl PodNet {
     /// Runs a UDP responder on `port` in the pod that answers with the pod's name; returns once it
     /// answers from the pod's own node.
     pub fn serve_udp(&mut self, port: u16) {
+        self.serve(Protocol::Udp, port);
+    }
+
+    /// Runs a responder on `protocol`/`port` in the pod that answers with the pod's name; returns once
+    /// it answers from the pod's own node (which NetworkPolicy implementations let through, as for the
+    /// kubelet's probes).
+    pub fn serve(&mut self, protocol: Protocol, port: u16) {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns])
-            .arg(binary("udp-peer"))
-            .args(["serve", &port.to_string(), &self.name])
+            .arg(binary("net-peer"))
+            .args(["serve", protocol.word(), &port.to_string(), &self.name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
-            .expect("starting udp-peer serve");
+            .expect("starting net-peer serve");
         self.responders.push(child);
         let node_netns = dataplane::node_namespace(&self.node);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while probe_from(&node_netns, self.ip, port).as_deref() != Some(&self.name) {
+        while probe_from(&node_netns, protocol, self.ip, port).as_deref() != Some(&self.name) {
             assert!(
                 Instant::now() < deadline,
-                "{}'s responder on {}:{port} does not answer from its node",
+                "{}'s responder on {protocol:?} {}:{port} does not answer from its node",
                 self.name,
                 self.ip
             );
         }
+    }
+
+    /// One datagram or connection from this pod to `ip:port`.
+    pub fn probe(&self, protocol: Protocol, ip: Ipv4Addr, port: u16) -> Option<String> {
+        probe_from(&self.netns, protocol, ip, port)
     }
 }
 

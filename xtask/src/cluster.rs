@@ -111,13 +111,15 @@ rules:
 
 /// Users of the token file. `system:masters` members are cluster admins; the others start with no
 /// rights at all, for RBAC tests.
-const USERS: [(&str, &str); 8] = [
+const USERS: [(&str, &str); 9] = [
     ("admin", "system:masters"),
     ("system:kube-controller-manager", "system:masters"),
     ("system:kube-scheduler", "system:masters"),
     ("kwok", "system:masters"),
     // Bound to system:node-proxier by the API server's default RBAC, as on a real cluster.
     (crate::dataplane::KUBE_PROXY_USER, ""),
+    // Read-only on what a NetworkPolicy controller watches (crate::dataplane::KUBE_ROUTER_RBAC).
+    (crate::dataplane::KUBE_ROUTER_USER, ""),
     ("alice", ""),
     ("bob", ""),
     ("carol", ""),
@@ -427,6 +429,10 @@ fn write_credentials(paths: &Paths, pki: &pki::Pki, apiserver_port: u16) -> Resu
             crate::dataplane::KUBE_PROXY_USER,
             crate::dataplane::KUBE_PROXY_KUBECONFIG,
         ),
+        (
+            crate::dataplane::KUBE_ROUTER_USER,
+            crate::dataplane::KUBE_ROUTER_KUBECONFIG,
+        ),
     ] {
         let entry: Vec<(&str, String)> = users.iter().filter(|(u, _)| *u == user).cloned().collect();
         std::fs::write(dir.join(file), kubeconfig(&entry, user))?;
@@ -727,7 +733,7 @@ fn kubectl(paths: &Paths, args: &[&str]) -> Result<Output> {
     kubectl_owned(paths, &owned, None)
 }
 
-fn kubectl_owned(paths: &Paths, args: &[String], stdin: Option<&str>) -> Result<Output> {
+pub(crate) fn kubectl_owned(paths: &Paths, args: &[String], stdin: Option<&str>) -> Result<Output> {
     let mut command = Command::new("kubectl");
     command
         .arg(format!("--kubeconfig={}", paths.kubeconfig().display()))

@@ -1,6 +1,7 @@
 //! `cargo xtask cluster up --dataplane`: real packets for the local cluster. Each KWOK node becomes a
 //! network namespace with its InternalIP, running a real kube-proxy (nftables mode) built from the same
-//! Kubernetes module as the control plane; a client namespace stands for the internet. The layout and the
+//! Kubernetes module as the control plane, and kube-router's NetworkPolicy controller (iptables and
+//! ipsets) enforcing the policies on the node's pods; a client namespace stands for the internet. The layout and the
 //! names are in `local_cluster::dataplane`; pods are attached by the tests that need them.
 //!
 //! kube-proxy reaches the API server, which listens on the host's loopback only, through socat: a Unix
@@ -25,9 +26,43 @@ use crate::paths::Paths;
 /// kube-proxy's identity: the `system:node-proxier` ClusterRoleBinding names this user.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
 pub const KUBE_PROXY_KUBECONFIG: &str = "kube-proxy.kubeconfig";
+/// kube-router's identity (its NetworkPolicy controller only), with the read-only rights below.
+pub const KUBE_ROUTER_USER: &str = "system:kube-router";
+pub const KUBE_ROUTER_KUBECONFIG: &str = "kube-router.kubeconfig";
+const KUBE_ROUTER_RBAC: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: jitsi-k8s-dataplane:kube-router
+rules:
+  - apiGroups: [\"\"]
+    resources: [namespaces, pods, services, endpoints, nodes]
+    verbs: [get, list, watch]
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: jitsi-k8s-dataplane:kube-router
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: jitsi-k8s-dataplane:kube-router
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: User
+    name: system:kube-router
+";
 
 /// Builds the dataplane next to a running control plane; `kubernetes_bin` holds kube-proxy.
 pub fn up(paths: &Paths, state: &mut State, kubernetes_bin: &Path) -> Result<()> {
+    let kube_router = crate::gobuild::KUBE_ROUTER
+        .ensure_built(&paths.go_modules(), &paths.cache)?
+        .join("kube-router");
     let started = Instant::now();
     crate::packages::ensure_commands(&crate::packages::DATAPLANE_PROGRAMS)?;
     let uid = Command::new("id").arg("-u").output().context("running id")?;
@@ -90,8 +125,46 @@ pub fn up(paths: &Paths, state: &mut State, kubernetes_bin: &Path) -> Result<()>
             ],
         )?;
     }
+    crate::cluster::kubectl_owned(
+        paths,
+        &[
+            "apply".to_owned(),
+            "--server-side".to_owned(),
+            "--field-manager=xtask".to_owned(),
+            "--filename=-".to_owned(),
+        ],
+        Some(KUBE_ROUTER_RBAC),
+    )
+    .context("granting kube-router its read-only rights")?;
+    for node in NODES {
+        // Only the NetworkPolicy controller: kube-proxy routes Services, our veths route pods.
+        start(
+            paths,
+            state,
+            &format!("kube-router-{}", node.name),
+            &ip,
+            &[
+                "netns".to_owned(),
+                "exec".to_owned(),
+                dataplane::node_namespace(node.name),
+                kube_router.display().to_string(),
+                "--run-firewall=true".to_owned(),
+                "--run-router=false".to_owned(),
+                "--run-service-proxy=false".to_owned(),
+                format!("--hostname-override={}", node.name),
+                format!(
+                    "--kubeconfig={}",
+                    paths.cluster.path().join(KUBE_ROUTER_KUBECONFIG).display()
+                ),
+                "--metrics-port=0".to_owned(),
+                "--health-port=0".to_owned(),
+                "--iptables-sync-period=1m".to_owned(),
+            ],
+        )?;
+    }
     for node in NODES {
         wait_for_kube_proxy(state, node.name)?;
+        wait_for_chain(state, node.name)?;
     }
     println!(
         "==> dataplane up in {:.1?}: {} node namespaces with kube-proxy (nftables), client {CLIENT} at {CLIENT_IP}",
@@ -160,6 +233,10 @@ fn build_network() -> Result<(), String> {
             dataplane::sysctl(&netns, "net.ipv4.conf.default.rp_filter", "0")?;
         }
     }
+    // The internet reaches pod addresses as through a load balancer that keeps the client's address:
+    // through the first node, which routes to the pod's node.
+    let first_node = NODES[0].ip.to_string();
+    ip(Some(CLIENT), &["route", "add", POD_CIDR, "via", &first_node])?;
     Ok(())
 }
 
@@ -170,24 +247,38 @@ fn add_namespace(netns: &str) -> Result<(), String> {
 
 /// kube-proxy is ready once it has written its nftables table in the node's namespace.
 fn wait_for_kube_proxy(state: &State, node: &str) -> Result<()> {
-    let name = format!("kube-proxy-{node}");
-    let process = state.process(&name).context("kube-proxy not started")?;
+    wait_in_node(
+        state,
+        "kube-proxy",
+        node,
+        &["nft", "list", "table", "ip", "kube-proxy"],
+    )
+}
+
+/// kube-router is enforcing once its filter chain exists in the node's namespace.
+fn wait_for_chain(state: &State, node: &str) -> Result<()> {
+    wait_in_node(
+        state,
+        "kube-router",
+        node,
+        &["iptables", "-S", "KUBE-ROUTER-FORWARD"],
+    )
+}
+
+/// Waits until `check` succeeds in `node`'s namespace, while `<program>-<node>` runs (60 s at most).
+fn wait_in_node(state: &State, program: &str, node: &str, check: &[&str]) -> Result<()> {
+    let name = format!("{program}-{node}");
+    let process = state
+        .process(&name)
+        .with_context(|| format!("{name} not started"))?;
     let netns = dataplane::node_namespace(node);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let listed = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "nft",
-                "list",
-                "table",
-                "ip",
-                "kube-proxy",
-            ])
+        let checked = Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .args(check)
             .output()?;
-        if listed.status.success() {
+        if checked.status.success() {
             return Ok(());
         }
         if !is_running(process.pid) {
@@ -195,7 +286,8 @@ fn wait_for_kube_proxy(state: &State, node: &str) -> Result<()> {
         }
         if Instant::now() > deadline {
             bail!(
-                "{name} wrote no nftables table within 60 s:\n{}",
+                "{name} was not ready within 60 s (`{}` failed):\n{}",
+                check.join(" "),
                 log_tail(&process.log, 30)
             );
         }

@@ -75,6 +75,20 @@ pub const NETPOL_VERDICTS: GoProgram = GoProgram {
     ldflags: |_| String::new(),
 };
 
+/// kube-router's NetworkPolicy controller, enforcing the manifests' policies in the local dataplane's
+/// node namespaces. Test infrastructure only; the Go module proxy notes security reports for v2.1.0,
+/// which concern its router and proxy roles we do not run, on a network that exists only in namespaces.
+pub const KUBE_ROUTER: GoProgram = GoProgram {
+    wrapper: "kube-router",
+    module: "github.com/cloudnativelabs/kube-router/v2",
+    commands: &[(
+        "kube-router",
+        "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+    )],
+    tags: "",
+    ldflags: |version| format!("-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version}"),
+};
+
 fn kubernetes_ldflags(version: &str) -> String {
     let mut parts = version.trim_start_matches('v').split('.');
     let major = parts.next().unwrap_or("1");

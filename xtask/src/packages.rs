@@ -15,10 +15,13 @@ const TEST_PROGRAMS: [(&str, &str); 3] = [
 ];
 
 /// What the dataplane (`cluster up --dataplane`) runs: network namespaces and veths, kube-proxy's
-/// nftables, the API server forwarder into the node namespaces, per-namespace sysctls.
-pub const DATAPLANE_PROGRAMS: [(&str, &str); 4] = [
+/// nftables, kube-router's iptables and ipsets, the API server forwarder into the node namespaces,
+/// per-namespace sysctls.
+pub const DATAPLANE_PROGRAMS: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("ipset", "ipset"),
     ("socat", "socat"),
     ("sysctl", "procps"),
 ];
