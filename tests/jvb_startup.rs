@@ -9,9 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Service, ServiceAccount};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use testbed::bridge_stub::{BridgeStub, Fault, StubConfig};
 use testbed::daemon::binary;
@@ -672,4 +672,168 @@ async fn drain_waits_through_errors_a_stall_and_a_reset_until_the_last_participa
         took >= Duration::from_secs(10),
         "it waited through the stall: {took:?}"
     );
+}
+
+/// A LoadBalancer Service of the test namespace with `ingress` as its status (none when empty), created
+/// by the admin as service-per-pod would, its status set as a cloud controller would.
+async fn load_balancer(namespace: &testbed::TestNamespace, name: &str, kind: &str, ingress: Value) {
+    let services: Api<Service> = namespace.api();
+    let service: Service = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "type": kind,
+            // No node ports: this test takes none from the cluster's range.
+            "allocateLoadBalancerNodePorts": if kind == "LoadBalancer" { Some(false) } else { None },
+            "ports": [{ "name": "jvb-0", "port": 30300, "protocol": "UDP" }]
+        }
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &service).await.unwrap();
+    if ingress != json!([]) {
+        let status = json!({ "status": { "loadBalancer": { "ingress": ingress } } });
+        services
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap();
+    }
+}
+
+/// The bridge asks for its shard's load balancer Service with a token that may `get` exactly that one.
+fn decide_from_service(kubeconfig: &str, namespace: &str, service: &str, wait: &str) -> std::process::Child {
+    jvb_startup(
+        &["exec", "--dry-run", "--output", "json"],
+        &[
+            ("POD_NAME", "jvb-2"),
+            ("JVB_BASE_PORT", "30300"),
+            ("HOST_IP", "192.0.2.99"),
+            ("POD_NAMESPACE", namespace),
+            ("JVB_ADVERTISE_FROM_SERVICE", service),
+            ("JVB_SERVICE_WAIT", wait),
+            ("KUBECONFIG", kubeconfig),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_load_balancer_address_is_waited_for_then_advertised_or_refused_in_one_sentence() {
+    let cluster = Cluster::connect().await;
+    let namespace = cluster.namespace("jvb-startup-lb").await;
+    // The ServiceAccount may get the shard's public Service and nothing else.
+    let accounts: Api<ServiceAccount> = namespace.api();
+    for name in ["jvb", "other"] {
+        let account: ServiceAccount =
+            serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
+        accounts.create(&PostParams::default(), &account).await.unwrap();
+    }
+    let public = ["jvb-public", "by-hostname", "never", "cluster-ip"];
+    manifests::apply(&[
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": { "name": "jvb-public-reader", "namespace": namespace.name },
+                "rules": [{ "apiGroups": [""], "resources": ["services"], "resourceNames": public,
+                            "verbs": ["get"] }] }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": { "name": "jvb-public-reader", "namespace": namespace.name },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "jvb-public-reader" },
+                "subjects": [{ "kind": "ServiceAccount", "name": "jvb", "namespace": namespace.name }] }),
+    ]);
+    let kubeconfig_of = |account: &'static str| {
+        let cluster = &cluster;
+        let namespace = &namespace.name;
+        async move {
+            let token = cluster.service_account_token(namespace, account).await;
+            cluster
+                .kubeconfig_file_with_token(&format!("{namespace}/{account}"), &token)
+                .display()
+                .to_string()
+        }
+    };
+    let jvb = kubeconfig_of("jvb").await;
+
+    // Started before the Service exists; the address arrives a second later.
+    let started = Instant::now();
+    let waiting = decide_from_service(&jvb, &namespace.name, "jvb-public", "30s");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load_balancer(
+        &namespace,
+        "jvb-public",
+        "LoadBalancer",
+        json!([{ "ip": "203.0.113.20" }]),
+    )
+    .await;
+    let output = tokio::task::spawn_blocking(|| waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let decision: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(decision["advertise_ips"], json!(["203.0.113.20"]));
+    assert_eq!(decision["address_source"], "service-ingress");
+    assert_eq!(
+        decision["port"], 30302,
+        "the bridge's own port on the shared address"
+    );
+
+    // A hostname (as AWS gives) is resolved.
+    load_balancer(
+        &namespace,
+        "by-hostname",
+        "LoadBalancer",
+        json!([{ "hostname": "localhost" }]),
+    )
+    .await;
+    let output = decide_from_service(&jvb, &namespace.name, "by-hostname", "10s")
+        .wait_with_output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let decision: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let advertised = decision["advertise_ips"].as_array().unwrap();
+    assert!(advertised.contains(&json!("127.0.0.1")), "{decision}");
+
+    // No address in time: exit 3 and one sentence naming the Service; nothing printed as a decision.
+    load_balancer(&namespace, "never", "LoadBalancer", json!([])).await;
+    let started = Instant::now();
+    let output = decide_from_service(&jvb, &namespace.name, "never", "3s")
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert!(started.elapsed() >= Duration::from_secs(3) && started.elapsed() < Duration::from_secs(10));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "Service {}/never got no load balancer address within 3s",
+            namespace.name
+        )) && stderr.contains("status.loadBalancer.ingress is empty"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+
+    // A Service that can never have one, and a token without the right: refused at once, exit 2.
+    load_balancer(&namespace, "cluster-ip", "ClusterIP", json!([])).await;
+    let output = decide_from_service(&jvb, &namespace.name, "cluster-ip", "1m")
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("is of type ClusterIP, not LoadBalancer"),
+        "{}",
+        text(&output.stderr)
+    );
+    let other = kubeconfig_of("other").await;
+    let started = Instant::now();
+    let output = decide_from_service(&other, &namespace.name, "jvb-public", "1m")
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        text(&output.stderr).contains("forbidden (403)"),
+        "{}",
+        text(&output.stderr)
+    );
+    namespace.delete().await;
 }

@@ -52,6 +52,25 @@ pub struct ExecArgs {
     #[arg(long, env = "JVB_ADVERTISE_FROM_NODE")]
     pub advertise_from_node: bool,
 
+    /// Advertise the external address of this LoadBalancer Service (status.loadBalancer.ingress; a
+    /// hostname is resolved), waiting until it has one: the shard's one public address, with every bridge
+    /// on its own port. Needs `get` on that Service.
+    #[arg(
+        long,
+        env = "JVB_ADVERTISE_FROM_SERVICE",
+        conflicts_with = "advertise_from_node"
+    )]
+    pub advertise_from_service: Option<String>,
+
+    /// How long --advertise-from-service waits for the load balancer's address before giving up (exit 3).
+    #[arg(long, env = "JVB_SERVICE_WAIT", default_value = "10m", value_parser = daemon_kit::flags::parse_duration)]
+    pub service_wait: Duration,
+
+    /// The pod's namespace (downward API metadata.namespace), where --advertise-from-service looks; else
+    /// the ServiceAccount's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
     /// The Node the pod runs on (downward API spec.nodeName), for --advertise-from-node.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,

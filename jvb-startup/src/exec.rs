@@ -6,7 +6,10 @@ use std::process::Command;
 
 use crate::cli::{ExecArgs, Output};
 use crate::plan::{Inputs, NodeLookup, Plan, PlanError, plan};
-use crate::{hocon, node};
+use crate::{hocon, node, service};
+
+/// How often --advertise-from-service asks for the Service while its load balancer has no address.
+const SERVICE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -16,17 +19,21 @@ pub enum ExecError {
     Usage(String),
     #[error("cannot write {path}: {source}")]
     WriteConfig { path: String, source: std::io::Error },
-    #[error("cannot start the Node lookup: {0}")]
+    #[error("cannot start the Node or Service lookup: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     #[error("cannot exec {command}: {source}")]
     Exec { command: String, source: std::io::Error },
 }
 
 impl ExecError {
-    /// 2 for anything the operator must fix in the pod's configuration; 127 when the command cannot run.
+    /// 2 for anything the operator must fix in the pod's configuration; 3 when the load balancer never
+    /// got an address (the pod restarts and waits again); 127 when the command cannot run.
     pub fn exit_code(&self) -> u8 {
         match self {
             ExecError::Exec { .. } => 127,
+            ExecError::Service(crate::service::ServiceError::NoAddress { .. }) => 3,
             _ => 2,
         }
     }
@@ -38,21 +45,49 @@ fn gather(args: &ExecArgs) -> Result<Inputs, ExecError> {
         .node_port_range
         .parse()
         .map_err(|why| ExecError::Usage(format!("--node-port-range {why}")))?;
-    let node =
-        if args.advertise_from_node && args.advertise_ip.as_deref().is_none_or(|ip| ip.trim().is_empty()) {
-            // A small runtime just for this one request, gone before the exec.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(ExecError::Runtime)?;
-            runtime.block_on(node::lookup(args.node_name.as_deref()))
-        } else {
-            NodeLookup::NotRequested
-        };
+    let flag_given = args
+        .advertise_ip
+        .as_deref()
+        .is_some_and(|ip| !ip.trim().is_empty());
+    let service = args
+        .advertise_from_service
+        .as_deref()
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !flag_given);
+    let wants_node = args.advertise_from_node && !flag_given;
+    // A small runtime just for these requests, gone before the exec.
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ExecError::Runtime)
+    };
+    let service_addresses = match service {
+        Some(name) => {
+            let namespace = args
+                .pod_namespace
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty());
+            runtime()?.block_on(service::wait_for_address(
+                name,
+                namespace,
+                args.service_wait,
+                SERVICE_POLL,
+            ))?
+        }
+        None => Vec::new(),
+    };
+    let node = if wants_node {
+        runtime()?.block_on(node::lookup(args.node_name.as_deref()))
+    } else {
+        NodeLookup::NotRequested
+    };
     Ok(Inputs {
         pod_name: args.pod_name.clone().or_else(|| std::env::var("HOSTNAME").ok()),
         base_port: args.base_port.clone(),
         advertise_ip: args.advertise_ip.clone(),
+        service_addresses,
         node,
         host_ip: args.host_ip.clone(),
         muc_nickname: std::env::var("JVB_MUC_NICKNAME").ok(),

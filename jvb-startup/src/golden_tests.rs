@@ -12,6 +12,7 @@ fn inputs() -> Inputs {
         pod_name: Some("shard-0-jvb-3".into()),
         base_port: Some("30300".into()),
         advertise_ip: None,
+        service_addresses: Vec::new(),
         node: NodeLookup::NotRequested,
         host_ip: Some("192.0.2.10".into()),
         muc_nickname: None,
@@ -43,6 +44,22 @@ fn cases() -> Vec<(&'static str, Inputs)> {
             "advertise-ip comma list with IPv6 and duplicates",
             Inputs {
                 advertise_ip: Some(" 203.0.113.7, [2001:db8::7],203.0.113.7 ".into()),
+                ..inputs()
+            },
+        ),
+        (
+            "the shard's load balancer (IPv4 and IPv6) wins over the node",
+            Inputs {
+                service_addresses: vec![ip("203.0.113.20"), ip("2001:db8::20")],
+                node: found(&["198.51.100.1"], &["10.0.0.5"]),
+                ..inputs()
+            },
+        ),
+        (
+            "advertise-ip wins over the load balancer",
+            Inputs {
+                advertise_ip: Some("203.0.113.7".into()),
+                service_addresses: vec![ip("203.0.113.20")],
                 ..inputs()
             },
         ),

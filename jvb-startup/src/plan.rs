@@ -12,6 +12,8 @@ pub use daemon_kit::flags::NodePortRange;
 pub enum AddressSource {
     /// `--advertise-ip` / `JVB_ADVERTISE_IP`.
     Flag,
+    /// The shard's LoadBalancer Service (`--advertise-from-service`).
+    ServiceIngress,
     /// The Node's ExternalIP (`--advertise-from-node`).
     NodeExternalIp,
     /// The Node's InternalIP, when it has no ExternalIP (`--advertise-from-node`).
@@ -24,6 +26,7 @@ impl fmt::Display for AddressSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             AddressSource::Flag => "--advertise-ip",
+            AddressSource::ServiceIngress => "the load balancer of --advertise-from-service",
             AddressSource::NodeExternalIp => "the Node's ExternalIP",
             AddressSource::NodeInternalIp => "the Node's InternalIP",
             AddressSource::HostIp => "HOST_IP",
@@ -53,6 +56,8 @@ pub struct Inputs {
     pub base_port: Option<String>,
     /// `--advertise-ip` / `JVB_ADVERTISE_IP`, as given (a comma list).
     pub advertise_ip: Option<String>,
+    /// The load balancer's addresses, when `--advertise-from-service` found them (else empty).
+    pub service_addresses: Vec<IpAddr>,
     pub node: NodeLookup,
     /// `HOST_IP`, as given.
     pub host_ip: Option<String>,
@@ -196,6 +201,9 @@ fn choose_addresses(
         if !addresses.is_empty() {
             return Ok((addresses, AddressSource::Flag));
         }
+    }
+    if !inputs.service_addresses.is_empty() {
+        return Ok((inputs.service_addresses.clone(), AddressSource::ServiceIngress));
     }
     match &inputs.node {
         NodeLookup::NotRequested => {}
