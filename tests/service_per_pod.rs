@@ -405,7 +405,8 @@ async fn a_bad_base_port_is_reported_once_and_clobbers_nothing() {
         &[("service-per-pod/base-port", &*base.to_string())],
     ))
     .await;
-    let before = fx.wait_for_services(&["jvb-0", "jvb-1"], 10 * SECOND).await;
+    // Settled: each Service also owned by its pod (an owner the controller adds once the pod exists).
+    let before = fx.wait_until_settled(&["jvb-0", "jvb-1"], 30 * SECOND).await;
 
     let bad = json!({ "metadata": { "annotations": { "service-per-pod/base-port": "thirty" } } });
     fx.sets()

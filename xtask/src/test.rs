@@ -70,7 +70,14 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         Ok(built
             && cargo::run(
                 paths,
-                &["test", "--package", "integration-tests", "--locked"],
+                // Every test binary, even after one fails: a CI run reports all failures at once.
+                &[
+                    "test",
+                    "--package",
+                    "integration-tests",
+                    "--locked",
+                    "--no-fail-fast",
+                ],
                 &[("KUBECONFIG", &kubeconfig), ("NETPOL_VERDICTS", &netpol_verdicts)],
             )?)
     });
