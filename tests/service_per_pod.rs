@@ -16,23 +16,12 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use testbed::daemon::Daemon;
 use testbed::eventually;
-use testbed::service_per_pod::{Fixture, ports, start_controller, statefulset, statefulset_annotating_pods};
+use testbed::service_per_pod::{
+    Fixture, ports, service_writes, start_controller, statefulset, statefulset_annotating_pods,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-async fn service_writes(daemon: &Daemon) -> f64 {
-    let mut total = 0.0;
-    for verb in ["Create", "Patch", "Delete"] {
-        total += daemon
-            .metric(&format!(
-                "service_per_pod_service_writes_total{{verb=\"{verb}\"}}"
-            ))
-            .await;
-    }
-    total
-}
 
 fn resource_versions(services: &BTreeMap<String, Service>) -> BTreeMap<String, String> {
     services
@@ -531,16 +520,7 @@ async fn the_first_claim_keeps_a_contested_port_until_it_lets_go() {
 async fn a_foreign_service_of_the_wanted_name_is_left_untouched() {
     let fx = Fixture::start("spp-foreign").await;
     let base = i32::from(fx.namespace.node_port_block().await);
-    let foreign: Service = serde_json::from_value(json!({
-        "metadata": { "name": "jvb-0", "labels": { "owner": "someone-else" } },
-        "spec": { "selector": { "app": "something-else" }, "ports": [{ "port": 80, "protocol": "TCP" }] }
-    }))
-    .unwrap();
-    let foreign = fx
-        .services()
-        .create(&PostParams::default(), &foreign)
-        .await
-        .unwrap();
+    let foreign = fx.create_foreign_service("jvb-0").await;
     fx.create(&statefulset(
         "jvb",
         1,

@@ -9,6 +9,11 @@ pub const LABEL: &str = "service-per-pod/label";
 /// Reserves the ports of ordinals `0..max-replicas` even while fewer replicas run, so the ports an
 /// autoscaler will need next cannot be taken by another StatefulSet meanwhile.
 pub const MAX_REPLICAS: &str = "service-per-pod/max-replicas";
+/// How the pods are exposed: `NodePort` (default; a Service per pod) or `LoadBalancer` (one Service
+/// for the StatefulSet, one port per pod, an EndpointSlice per pod).
+pub const EXPOSE: &str = "service-per-pod/expose";
+/// The name of the one Service in `LoadBalancer` mode (default `<statefulset>-public`).
+pub const PUBLIC_SERVICE: &str = "service-per-pod/public-service";
 /// The annotation of the design we replace; means the same as [`LABEL`].
 pub const LEGACY_LABEL: &str = "service-per-pod-label";
 /// Set on every pod by the StatefulSet controller, so it selects exactly one pod.
@@ -43,6 +48,17 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// How a StatefulSet's pods are reached from outside.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Expose {
+    /// A NodePort Service per pod, `externalTrafficPolicy: Local`.
+    #[default]
+    NodePort,
+    /// One LoadBalancer Service, one port per pod, each port's only endpoint its pod. The Service's
+    /// name when the annotation gives one.
+    LoadBalancer { service: Option<String> },
+}
+
 /// A StatefulSet that asked for per-pod Services, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OptIn {
@@ -53,6 +69,7 @@ pub struct OptIn {
     pub selector_label: String,
     /// Ordinals `0..reserve` keep their ports reserved, whatever `spec.replicas` says.
     pub reserve: Option<u32>,
+    pub expose: Expose,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +82,12 @@ pub enum InvalidAnnotation {
     Label { annotation: &'static str, value: String },
     #[error("annotation {MAX_REPLICAS} is {value:?}, which is not a whole number from 1 to 65535")]
     MaxReplicas { value: String },
+    #[error("annotation {EXPOSE} is {value:?}; expected NodePort or LoadBalancer")]
+    Expose { value: String },
+    #[error(
+        "annotation {PUBLIC_SERVICE} is {value:?}, which is not a valid Service name (a DNS-1035 label of at most 63 characters)"
+    )]
+    PublicService { value: String },
 }
 
 impl InvalidAnnotation {
@@ -111,11 +134,28 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<OptIn>, In
             _ => return Err(InvalidAnnotation::MaxReplicas { value: raw.clone() }),
         },
     };
+    let expose = match annotations.get(EXPOSE).map(|raw| raw.trim()) {
+        None | Some("NodePort") => Expose::NodePort,
+        Some("LoadBalancer") => {
+            let service = match annotations.get(PUBLIC_SERVICE) {
+                None => None,
+                Some(raw) if crate::desired::is_dns1035_label(raw.trim()) => Some(raw.trim().to_owned()),
+                Some(raw) => return Err(InvalidAnnotation::PublicService { value: raw.clone() }),
+            };
+            Expose::LoadBalancer { service }
+        }
+        Some(_) => {
+            return Err(InvalidAnnotation::Expose {
+                value: annotations[EXPOSE].clone(),
+            });
+        }
+    };
     Ok(Some(OptIn {
         base_port,
         protocols,
         selector_label: selector_label.to_owned(),
         reserve,
+        expose,
     }))
 }
 
@@ -200,8 +240,50 @@ mod tests {
                 protocols: vec![Protocol::Udp],
                 selector_label: DEFAULT_LABEL.to_owned(),
                 reserve: None,
+                expose: Expose::NodePort,
             }
         );
+    }
+
+    #[test]
+    fn load_balancer_mode_is_opt_in_with_an_optional_service_name() {
+        let opt_in = parse(&annotations(&[(BASE_PORT, "30300"), (EXPOSE, "LoadBalancer")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(opt_in.expose, Expose::LoadBalancer { service: None });
+        let opt_in = parse(&annotations(&[
+            (BASE_PORT, "30300"),
+            (EXPOSE, " LoadBalancer "),
+            (PUBLIC_SERVICE, "media"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            opt_in.expose,
+            Expose::LoadBalancer {
+                service: Some("media".to_owned())
+            }
+        );
+        for bad in ["loadbalancer", "ClusterIP", ""] {
+            assert_eq!(
+                parse(&annotations(&[(BASE_PORT, "30300"), (EXPOSE, bad)])),
+                Err(InvalidAnnotation::Expose {
+                    value: bad.to_owned()
+                })
+            );
+        }
+        for bad in ["Media", "1media", "a_b", &"x".repeat(64)] {
+            assert_eq!(
+                parse(&annotations(&[
+                    (BASE_PORT, "30300"),
+                    (EXPOSE, "LoadBalancer"),
+                    (PUBLIC_SERVICE, bad)
+                ])),
+                Err(InvalidAnnotation::PublicService {
+                    value: bad.to_owned()
+                })
+            );
+        }
     }
 
     #[test]

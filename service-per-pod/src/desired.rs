@@ -55,6 +55,8 @@ pub struct PodView {
     /// The base port the pod was created with (its own `service-per-pod/base-port`): what its bridge
     /// listens on, whatever the StatefulSet says now.
     pub base_port: Option<u16>,
+    /// Its address and state, once it has an IP: its EndpointSlice in `LoadBalancer` mode.
+    pub endpoint: Option<crate::public::Endpoint>,
 }
 
 /// What bounds every plan: the API server's node-port range, and the ports the administrator granted.
@@ -686,6 +688,7 @@ mod tests {
 
     fn opt_in(base_port: u16) -> OptIn {
         OptIn {
+            expose: crate::annotations::Expose::NodePort,
             base_port,
             protocols: vec![Protocol::Udp],
             selector_label: DEFAULT_LABEL.to_owned(),
@@ -711,6 +714,7 @@ mod tests {
                 name: format!("{set}-{ordinal}"),
                 uid: format!("pod-uid-{ordinal}"),
                 base_port,
+                endpoint: None,
             },
         )
     }

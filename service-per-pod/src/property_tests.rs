@@ -68,7 +68,7 @@ proptest! {
             pods: pods
                 .iter()
                 .map(|(ordinal, base)| {
-                    (*ordinal, PodView { name: format!("{name}-{ordinal}"), uid: format!("p{ordinal}"), base_port: *base })
+                    (*ordinal, PodView { name: format!("{name}-{ordinal}"), uid: format!("p{ordinal}"), base_port: *base, endpoint: None })
                 })
                 .collect(),
         };

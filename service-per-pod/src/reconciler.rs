@@ -11,13 +11,14 @@ use futures::StreamExt;
 use daemon_kit::admin::Readiness;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::annotations::{self, OptIn};
+use crate::annotations::{self, Expose, OptIn};
 use crate::desired::{self, Claim, DesiredService, Limits, PodView, SetKey, SetView};
 use crate::leader::Leadership;
 use crate::metrics::{Category, Metrics, Verb};
@@ -64,7 +65,9 @@ pub struct Context {
     pub writer: Client,
     pub statefulsets: Store<StatefulSet>,
     pub services: Store<Service>,
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: Store<Pod>,
+    /// The EndpointSlices of `LoadBalancer` mode (ours only).
+    pub slices: Store<EndpointSlice>,
     pub limits: Limits,
     pub recorder: Recorder,
     pub leadership: Leadership,
@@ -91,7 +94,8 @@ impl std::fmt::Debug for Context {
 pub struct Caches {
     pub statefulsets: Store<StatefulSet>,
     pub services: Store<Service>,
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: Store<Pod>,
+    pub slices: Store<EndpointSlice>,
     pub synced: Readiness,
 }
 
@@ -116,6 +120,7 @@ impl Context {
             statefulsets,
             services,
             pods,
+            slices,
             synced,
         } = caches;
         Self {
@@ -123,6 +128,7 @@ impl Context {
             statefulsets,
             services,
             pods,
+            slices,
             synced,
             limits,
             recorder,
@@ -197,6 +203,26 @@ struct Snapshot {
     held: BTreeMap<u16, SetKey>,
 }
 
+/// Where a pod is reached and whether it serves, as its EndpointSlice says it (what the EndpointSlice
+/// controller would write for a selector): ready = Ready and not terminating; serving = Ready.
+fn endpoint_of(pod: &Pod) -> Option<crate::public::Endpoint> {
+    let status = pod.status.as_ref()?;
+    let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+    let is_ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    Some(crate::public::Endpoint {
+        ip,
+        node: pod.spec.as_ref().and_then(|spec| spec.node_name.clone()),
+        ready: is_ready && !terminating,
+        serving: is_ready,
+        terminating,
+    })
+}
+
 impl Snapshot {
     fn read(ctx: &Context) -> Self {
         let mut pods: HashMap<String, BTreeMap<u32, PodView>> = HashMap::new();
@@ -220,6 +246,7 @@ impl Snapshot {
                         name: pod.name_any(),
                         uid: pod.uid().unwrap_or_default(),
                         base_port: annotations::pod_base_port(pod.annotations()),
+                        endpoint: endpoint_of(&pod),
                     },
                 );
             }
@@ -357,6 +384,19 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
         ));
     }
 
+    if let Expose::LoadBalancer { service } = &view.opt_in.expose {
+        let name = crate::public::service_name(&key.name, service.as_deref());
+        warnings.extend(reconcile_public(ctx, &services_api, &name, &plan, &view, &owned).await?);
+        let conflicts = conflict_count(&plan);
+        set_conflicts(ctx, &key, conflicts);
+        report(ctx, set, &key, warnings).await;
+        return Ok(if conflicts > 0 {
+            Action::requeue(CONFLICT_RECHECK)
+        } else {
+            Action::await_change()
+        });
+    }
+
     // What needs a write, and how: create what is absent, apply what is ours and drifted. Ports the
     // API server refused wait for their own retry time without holding up the others.
     let now = Instant::now();
@@ -404,18 +444,15 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
 
     let wanted = desired::wanted(&view);
     for service in &owned {
-        let ordinal = desired::ordinal_in_name(&key.name, &service.name_any());
-        if ordinal.is_some_and(|ordinal| !wanted.contains(ordinal)) {
-            delete_service(ctx, &services_api, service).await?;
+        // A per-pod Service no longer wanted, or the one Service of `LoadBalancer` mode after a switch
+        // back (its EndpointSlices go with it).
+        match desired::ordinal_in_name(&key.name, &service.name_any()) {
+            Some(ordinal) if wanted.contains(ordinal) => {}
+            _ => delete_service(ctx, &services_api, service).await?,
         }
     }
 
-    let conflicts = plan
-        .refusals
-        .iter()
-        .filter(|refusal| matches!(refusal, desired::Refusal::Conflict { .. }))
-        .map(|refusal| refusal.ordinals().len())
-        .sum();
+    let conflicts = conflict_count(&plan);
     set_conflicts(ctx, &key, conflicts);
     report(ctx, set, &key, warnings).await;
     let recheck = match (next_retry, conflicts > 0) {
@@ -427,6 +464,189 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
     Ok(recheck.map_or_else(Action::await_change, |delay| {
         Action::requeue(delay.max(Duration::from_millis(100)))
     }))
+}
+
+fn conflict_count(plan: &desired::Plan) -> u64 {
+    plan.refusals
+        .iter()
+        .filter(|refusal| matches!(refusal, desired::Refusal::Conflict { .. }))
+        .map(|refusal| refusal.ordinals().len())
+        .sum()
+}
+
+/// `LoadBalancer` mode: the one Service with a port per planned ordinal, and an EndpointSlice per pod
+/// that has an address; per-pod Services of NodePort mode go. Returns the warnings to report.
+async fn reconcile_public(
+    ctx: &Context,
+    services_api: &Api<Service>,
+    name: &str,
+    plan: &desired::Plan,
+    view: &SetView,
+    owned: &[Arc<Service>],
+) -> Result<Vec<(String, String)>, Error> {
+    let (key, uid) = (&view.key, view.uid.as_str());
+    let mut warnings = Vec::new();
+    for service in owned.iter().filter(|service| service.name_any() != name) {
+        delete_service(ctx, services_api, service).await?;
+    }
+    if !ctx.leadership.is_leader() {
+        return Ok(warnings);
+    }
+    let manifest = crate::public::service_manifest(name, key, uid, &plan.services);
+    let actual = owned.iter().find(|service| service.name_any() == name);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let service_uid = match actual {
+        Some(actual) => {
+            let current = serde_json::to_value(actual.as_ref()).unwrap_or_default();
+            if !crate::public::is_up_to_date(&manifest, &current) {
+                ctx.metrics.write(Verb::Patch);
+                let patch = crate::public::repair_patch(&manifest, actual.metadata.uid.as_deref());
+                match services_api.patch(name, &params, &Patch::Merge(&patch)).await {
+                    Ok(_) => tracing::info!(statefulset = %key, service = %name, "wrote Service"),
+                    Err(kube::Error::Api(status)) if status.code == 422 => {
+                        warnings.push((
+                            "NodePortRefused".to_owned(),
+                            format!(
+                                "the API server refused the ports of Service {name}: {}",
+                                status.message
+                            ),
+                        ));
+                    }
+                    Err(error) => return Err(Error::Api(error)),
+                }
+            }
+            actual.metadata.uid.clone()
+        }
+        None => {
+            ctx.metrics.write(Verb::Create);
+            let service: Service = serde_json::from_value(manifest)
+                .map_err(|error| Error::Api(kube::Error::SerdeError(error)))?;
+            let post = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            match services_api.create(&post, &service).await {
+                Ok(created) => {
+                    tracing::info!(statefulset = %key, service = %name, "created Service");
+                    created.metadata.uid
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    match services_api.get_opt(name).await.map_err(Error::Api)? {
+                        Some(existing) if desired::controller_uid(&existing) == Some(uid) => {
+                            existing.metadata.uid
+                        }
+                        _ => {
+                            warnings.push(("ForeignService".to_owned(), format!(
+                                "no Service for the StatefulSet's pods: a Service named {name} exists and is not controlled by this StatefulSet; it is left untouched"
+                            )));
+                            return Ok(warnings);
+                        }
+                    }
+                }
+                Err(kube::Error::Api(status)) if status.code == 422 => {
+                    warnings.push((
+                        "NodePortRefused".to_owned(),
+                        format!("the API server refused Service {name}: {}", status.message),
+                    ));
+                    return Ok(warnings);
+                }
+                Err(error) => return Err(Error::Api(error)),
+            }
+        }
+    };
+    let Some(service_uid) = service_uid else {
+        return Ok(warnings);
+    };
+    reconcile_slices(ctx, key, name, &service_uid, plan, view).await?;
+    Ok(warnings)
+}
+
+/// One EndpointSlice per planned pod with an address, owned by the Service; every other slice of ours for
+/// this StatefulSet goes.
+async fn reconcile_slices(
+    ctx: &Context,
+    key: &SetKey,
+    service: &str,
+    service_uid: &str,
+    plan: &desired::Plan,
+    view: &SetView,
+) -> Result<(), Error> {
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.writer.clone(), &key.namespace);
+    let existing: Vec<Arc<EndpointSlice>> = ctx
+        .slices
+        .state()
+        .into_iter()
+        .filter(|slice| slice.namespace().as_deref() == Some(key.namespace.as_str()))
+        .filter(|slice| slice.labels().get(desired::STATEFULSET_LABEL) == Some(&key.name))
+        .collect();
+    let mut wanted_names = BTreeSet::new();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    for wanted in &plan.services {
+        let snapshot_endpoint = view
+            .pods
+            .get(&wanted.ordinal)
+            .filter(|pod| wanted.pod.as_ref().is_some_and(|owner| owner.uid == pod.uid))
+            .and_then(|pod| pod.endpoint.clone());
+        let Some(endpoint) = snapshot_endpoint else {
+            continue;
+        };
+        let manifest = crate::public::slice_manifest(service, service_uid, key, wanted, &endpoint);
+        let slice_name = crate::public::slice_name(service, wanted.ordinal);
+        wanted_names.insert(slice_name.clone());
+        let actual = existing.iter().find(|slice| slice.name_any() == slice_name);
+        let result = match actual {
+            Some(actual) => {
+                let current = serde_json::to_value(actual.as_ref()).unwrap_or_default();
+                if crate::public::is_up_to_date(&manifest, &current) {
+                    continue;
+                }
+                ctx.metrics.write(Verb::Patch);
+                let patch = crate::public::repair_patch(&manifest, actual.metadata.uid.as_deref());
+                api.patch(&slice_name, &params, &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            None => {
+                ctx.metrics.write(Verb::Create);
+                let slice: EndpointSlice = serde_json::from_value(manifest)
+                    .map_err(|error| Error::Api(kube::Error::SerdeError(error)))?;
+                let post = PostParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PostParams::default()
+                };
+                match api.create(&post, &slice).await {
+                    Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            }
+        };
+        result.map_err(Error::Api)?;
+    }
+    for slice in existing
+        .iter()
+        .filter(|slice| !wanted_names.contains(&slice.name_any()))
+    {
+        ctx.metrics.write(Verb::Delete);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: slice.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&slice.name_any(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(error) => return Err(Error::Api(error)),
+        }
+    }
+    Ok(())
 }
 
 /// Counts another refusal of `port` and says when to try it next (1 s doubling, at most 30 s).

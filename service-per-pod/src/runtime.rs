@@ -9,8 +9,8 @@ use daemon_kit::shutdown::Shutdown;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::PartialObjectMeta;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -135,23 +135,29 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         (Leadership::always(), None)
     };
 
-    let (statefulsets, services, pods): (Api<StatefulSet>, Api<Service>, Api<PartialObjectMeta<Pod>>) =
-        match cli.namespace.as_deref() {
-            Some(namespace) => (
-                Api::namespaced(client.clone(), namespace),
-                Api::namespaced(client.clone(), namespace),
-                Api::namespaced(client.clone(), namespace),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    let (statefulsets, services, pods, slices): (
+        Api<StatefulSet>,
+        Api<Service>,
+        Api<Pod>,
+        Api<EndpointSlice>,
+    ) = match cli.namespace.as_deref() {
+        Some(namespace) => (
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client.clone(), namespace),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
 
     // Ready once every watch has listed everything once. (Not `Store::wait_until_ready`: its
     // readiness wakes only one waiter, and the controller itself waits on the StatefulSet store.)
-    let caches = CacheSync::new(readiness.clone(), 3);
+    let caches = CacheSync::new(readiness.clone(), 4);
     let (set_store, set_writer) = reflector::store();
     let set_stream = reflector::reflector(
         set_writer,
@@ -181,11 +187,25 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = reflector::reflector(
         pod_writer,
-        // Metadata only: owner, labels and deletion state are all we need of a pod.
+        // Of a pod: owner, labels, deletion state, and for `LoadBalancer` mode its node, IP and Ready
+        // condition. The rest (containers, most of its status) is dropped as it arrives.
         caches.track(
             watcher(pods, watcher::Config::default().labels(STATEFULSET_POD_SELECTOR))
-                .modify(slim)
+                .modify(slim_pod)
                 .default_backoff(),
+        ),
+    )
+    .touched_objects();
+    let (slice_store, slice_writer) = reflector::store();
+    let slice_stream = reflector::reflector(
+        slice_writer,
+        caches.track(
+            watcher(
+                slices,
+                watcher::Config::default().labels(crate::public::SLICE_SELECTOR),
+            )
+            .modify(slim)
+            .default_backoff(),
         ),
     )
     .touched_objects();
@@ -193,7 +213,13 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let controller = Controller::for_stream(set_stream, set_store.clone())
         .with_config(controller::Config::default().concurrency(4))
         .owns_stream(service_stream)
-        .watches_stream(pod_stream, |pod: PartialObjectMeta<Pod>| {
+        .watches_stream(slice_stream, |slice: EndpointSlice| {
+            // A slice changed or removed by someone else: its StatefulSet repairs it.
+            let namespace = slice.namespace()?;
+            let set = slice.labels().get(crate::desired::STATEFULSET_LABEL)?;
+            Some(ObjectRef::<StatefulSet>::new(set).within(&namespace))
+        })
+        .watches_stream(pod_stream, |pod: Pod| {
             let namespace = pod.namespace()?;
             let owner = pod
                 .owner_references()
@@ -211,6 +237,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         statefulsets: set_store,
         services: service_store,
         pods: pod_store,
+        slices: slice_store,
         synced: readiness.clone(),
     };
     let ctx = Arc::new(Context::new(
@@ -330,6 +357,24 @@ fn host_name() -> String {
         })
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "service-per-pod".to_owned())
+}
+
+/// A pod as the controller keeps it: metadata, node, IP and Ready condition.
+fn slim_pod(pod: &mut Pod) {
+    slim(pod);
+    let node_name = pod.spec.as_mut().and_then(|spec| spec.node_name.take());
+    pod.spec = Some(PodSpec {
+        node_name,
+        ..PodSpec::default()
+    });
+    let status = pod.status.take().unwrap_or_default();
+    pod.status = Some(PodStatus {
+        pod_ip: status.pod_ip,
+        conditions: status
+            .conditions
+            .map(|conditions| conditions.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..PodStatus::default()
+    });
 }
 
 /// Drops what the caches hold but the controller never reads: managedFields are the largest part of most

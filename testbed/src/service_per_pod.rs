@@ -155,6 +155,20 @@ impl Fixture {
         self.namespace.api()
     }
 
+    /// A Service named `name` that someone else made (not ours: no labels of ours, no owner), as it
+    /// was created.
+    pub async fn create_foreign_service(&self, name: &str) -> Service {
+        let foreign: Service = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "owner": "someone-else" } },
+            "spec": { "selector": { "app": "something-else" }, "ports": [{ "port": 80, "protocol": "TCP" }] }
+        }))
+        .expect("service object");
+        self.services()
+            .create(&kube::api::PostParams::default(), &foreign)
+            .await
+            .unwrap_or_else(|e| panic!("creating Service {name}: {e}"))
+    }
+
     /// The Services of the namespace, by name.
     pub async fn service_map(&self) -> BTreeMap<String, Service> {
         let list = self
@@ -279,6 +293,19 @@ impl Fixture {
         )
         .await
     }
+}
+
+/// Every write the controller has made (Services and EndpointSlices, by any verb).
+pub async fn service_writes(daemon: &Daemon) -> f64 {
+    let mut total = 0.0;
+    for verb in ["Create", "Patch", "Delete"] {
+        total += daemon
+            .metric(&format!(
+                "service_per_pod_service_writes_total{{verb=\"{verb}\"}}"
+            ))
+            .await;
+    }
+    total
 }
 
 /// A StatefulSet of `replicas` pods (Parallel, so scaling does not wait on readiness) with `annotations`.

@@ -606,7 +606,9 @@ async fn watch_drain(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges
                     "{name} lost its Service while still Terminating: its calls would drop"
                 ));
             }
-            if row.udp == Some(false) {
+            // Once its last participant has left the bridge exits and its pod goes: only a bridge with
+            // calls must stay reachable.
+            if row.udp == Some(false) && row.participants.is_some_and(|p| p > 0.0) {
                 return Err(format!(
                     "{name} is Terminating but its node port no longer reaches it"
                 ));

@@ -1,0 +1,229 @@
+//! `service-per-pod/expose: LoadBalancer` on the real API server: one Service `<set>-public` of type
+//! LoadBalancer without selector, a port `base + i` per wanted ordinal (named after it), and one
+//! EndpointSlice per pod whose conditions follow the pod — through scaling, a drain, a switch of modes,
+//! and a foreign Service of that name.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use testbed::eventually;
+use testbed::service_per_pod::{Fixture, service_writes, statefulset_annotating_pods};
+
+const SECOND: Duration = Duration::from_secs(1);
+const BASE_PORT: &str = "service-per-pod/base-port";
+const EXPOSE: &str = "service-per-pod/expose";
+
+/// One EndpointSlice as the test sees it: its endpoint's IP, its ports (name, number), its conditions.
+type Slice = (String, Vec<(String, i32)>, Value);
+
+/// The public Service's ports as (name, port, nodePort), and its slices by name.
+#[derive(Debug, PartialEq)]
+struct Exposed {
+    ports: Vec<(String, i32, Option<i32>)>,
+    slices: BTreeMap<String, Slice>,
+}
+
+async fn exposed(fx: &Fixture, service: &str) -> Option<Exposed> {
+    let found = fx.services().get_opt(service).await.ok()??;
+    let spec = found.spec.as_ref()?;
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+    assert!(
+        spec.selector.as_ref().is_none_or(BTreeMap::is_empty),
+        "no selector"
+    );
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.port, p.node_port))
+        .collect();
+    let slices: Api<EndpointSlice> = fx.namespace.api();
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .ok()?;
+    let slices = list
+        .items
+        .into_iter()
+        .filter_map(|slice| {
+            let endpoint = slice.endpoints.as_ref()?.first()?.clone();
+            let ports = slice
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.clone().unwrap_or_default(), p.port.unwrap_or(0)))
+                .collect();
+            Some((
+                slice.name_any(),
+                (
+                    endpoint.addresses.first()?.clone(),
+                    ports,
+                    serde_json::to_value(&endpoint.conditions).unwrap(),
+                ),
+            ))
+        })
+        .collect();
+    Some(Exposed { ports, slices })
+}
+
+/// What `count` running pods and `ordinals` should look like: ports base+i named i, a slice per pod.
+async fn expect(fx: &Fixture, base: i32, ordinals: &[i32], conditions: &BTreeMap<i32, Value>) -> Exposed {
+    let pods: Api<Pod> = fx.namespace.api();
+    eventually(
+        &format!("jvb-public with ports and slices for {ordinals:?}"),
+        30 * SECOND,
+        || async {
+            let exposed = exposed(fx, "jvb-public").await?;
+            let ports: Vec<(String, i32, Option<i32>)> = ordinals
+                .iter()
+                .map(|i| (i.to_string(), base + i, Some(base + i)))
+                .collect();
+            if exposed.ports != ports {
+                return None;
+            }
+            let mut slices = BTreeMap::new();
+            for i in ordinals {
+                let pod = pods.get_opt(&format!("jvb-{i}")).await.ok()??;
+                let ip = pod.status.as_ref()?.pod_ip.clone()?;
+                let wanted = conditions
+                    .get(i)
+                    .cloned()
+                    .unwrap_or(json!({ "ready": true, "serving": true, "terminating": false }));
+                slices.insert(
+                    format!("jvb-public-{i}"),
+                    (ip, vec![(i.to_string(), base + i)], wanted),
+                );
+            }
+            (exposed.slices == slices).then_some(exposed)
+        },
+    )
+    .await
+}
+
+fn load_balanced(base: &str) -> [(&'static str, &str); 2] {
+    [(BASE_PORT, base), (EXPOSE, "LoadBalancer")]
+}
+
+#[tokio::test]
+async fn one_public_service_a_port_and_a_slice_per_pod_and_nothing_written_at_steady_state() {
+    let fx = Fixture::start("spp-lb").await;
+    let base = fx.namespace.node_port_block().await;
+    let base_text = base.to_string();
+    fx.create(&statefulset_annotating_pods("jvb", 3, &load_balanced(&base_text)))
+        .await;
+    expect(&fx, i32::from(base), &[0, 1, 2], &BTreeMap::new()).await;
+    fx.wait_for_services(&["jvb-public"], 10 * SECOND).await;
+
+    // Scale up: ports and slices follow; then nothing is written while nothing changes.
+    fx.scale("jvb", 5).await;
+    expect(&fx, i32::from(base), &[0, 1, 2, 3, 4], &BTreeMap::new()).await;
+    tokio::time::sleep(2 * SECOND).await;
+    let writes = service_writes(&fx.controller).await;
+    let pods: Api<Pod> = fx.namespace.api();
+    for round in 0..3 {
+        let label = json!({ "metadata": { "labels": { "example.com/round": round.to_string() } } });
+        pods.patch("jvb-0", &PatchParams::default(), &Patch::Merge(label))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(
+        service_writes(&fx.controller).await,
+        writes,
+        "no writes at steady state"
+    );
+    fx.namespace.delete().await;
+}
+
+#[tokio::test]
+async fn a_draining_pod_keeps_its_port_and_a_serving_terminating_slice_until_it_is_gone() {
+    let fx = Fixture::start("spp-lb-drain").await;
+    let base = fx.namespace.node_port_block().await;
+    let base_text = base.to_string();
+    fx.create(&statefulset_annotating_pods("jvb", 3, &load_balanced(&base_text)))
+        .await;
+    let base = i32::from(base);
+    expect(&fx, base, &[0, 1, 2], &BTreeMap::new()).await;
+    let pods: Api<Pod> = fx.namespace.api();
+    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
+    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
+        .await
+        .unwrap();
+    fx.scale("jvb", 1).await;
+    let draining = BTreeMap::from([(2, json!({ "ready": false, "serving": true, "terminating": true }))]);
+    expect(&fx, base, &[0, 2], &draining).await;
+    // And it stays that way while the pod drains.
+    tokio::time::sleep(2 * SECOND).await;
+    expect(&fx, base, &[0, 2], &draining).await;
+
+    let release = json!({ "metadata": { "finalizers": null } });
+    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .unwrap();
+    expect(&fx, base, &[0], &BTreeMap::new()).await;
+    fx.namespace.delete().await;
+}
+
+#[tokio::test]
+async fn switching_modes_replaces_the_services_and_a_foreign_public_service_is_left_alone() {
+    let fx = Fixture::start("spp-lb-switch").await;
+    let base = fx.namespace.node_port_block().await;
+    let base_text = base.to_string();
+    fx.create(&statefulset_annotating_pods("jvb", 2, &[(BASE_PORT, &base_text)]))
+        .await;
+    fx.wait_until_settled(&["jvb-0", "jvb-1"], 30 * SECOND).await;
+    let switch = |mode: &'static str| json!({ "metadata": { "annotations": { EXPOSE: mode } } });
+    fx.sets()
+        .patch(
+            "jvb",
+            &PatchParams::default(),
+            &Patch::Merge(switch("LoadBalancer")),
+        )
+        .await
+        .unwrap();
+    expect(&fx, i32::from(base), &[0, 1], &BTreeMap::new()).await;
+    fx.wait_for_services(&["jvb-public"], 30 * SECOND).await;
+    fx.sets()
+        .patch("jvb", &PatchParams::default(), &Patch::Merge(switch("NodePort")))
+        .await
+        .unwrap();
+    fx.wait_for_services(&["jvb-0", "jvb-1"], 30 * SECOND).await;
+    let slices: Api<EndpointSlice> = fx.namespace.api();
+    eventually(
+        "the public Service's slices gone with it",
+        30 * SECOND,
+        || async {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=jvb-public"))
+                .await
+                .ok()?;
+            list.items.is_empty().then_some(())
+        },
+    )
+    .await;
+
+    // Someone else's Service of the wanted name: untouched, and one Event says why.
+    let foreign = fx.create_foreign_service("other-public").await;
+    let other_base = fx.namespace.node_port_block().await.to_string();
+    fx.create(&statefulset_annotating_pods(
+        "other",
+        1,
+        &load_balanced(&other_base),
+    ))
+    .await;
+    let message = fx.wait_for_warning("other", "ForeignService").await;
+    assert!(message.contains("other-public"), "{message}");
+    let after = fx.services().get("other-public").await.unwrap();
+    assert_eq!(after.resource_version(), foreign.resource_version());
+    fx.namespace.delete().await;
+}
