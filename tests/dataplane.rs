@@ -290,3 +290,114 @@ async fn two_shards_never_answer_for_each_other() {
     drop(nets);
     fx.namespace.delete().await;
 }
+
+/// `LoadBalancer` mode on real packets: the cloud is stood in for by an address the client routes to the
+/// first node, set as the Service's load balancer ingress (kube-proxy programs it like a cloud's). Each
+/// bridge answers on `LB:base+i` whichever node it runs on; a draining one too; a gone one not.
+#[tokio::test]
+async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
+    dataplane::require();
+    let fx = Fixture::start("dataplane-lb").await;
+    let base = fx.namespace.node_port_block().await;
+    let base_text = base.to_string();
+    fx.create(&statefulset_annotating_pods(
+        "jvb",
+        3,
+        &[
+            (BASE_PORT, &base_text),
+            ("service-per-pod/expose", "LoadBalancer"),
+        ],
+    ))
+    .await;
+    fx.wait_for_services(&["jvb-public"], 60 * SECOND).await;
+    let load_balancer = Ipv4Addr::new(10, 250, 1, 10);
+    let ingress =
+        json!({ "status": { "loadBalancer": { "ingress": [{ "ip": load_balancer.to_string() }] } } });
+    fx.services()
+        .patch_status("jvb-public", &PatchParams::default(), &Patch::Merge(ingress))
+        .await
+        .unwrap();
+    let route = RouteToFirstNode::add(load_balancer);
+    let pods_api: Api<Pod> = fx.namespace.api();
+    let pods = running_pods(&pods_api, "jvb", 3).await;
+    let mut nets: BTreeMap<String, PodNet> = BTreeMap::new();
+    for (name, pod) in &pods {
+        let ordinal: u16 = name.rsplit('-').next().unwrap().parse().unwrap();
+        let mut net = PodNet::attach(pod);
+        net.serve_udp(base + ordinal);
+        nets.insert(name.clone(), net);
+    }
+    for (name, net) in &nets {
+        let ordinal: u16 = name.rsplit('-').next().unwrap().parse().unwrap();
+        let took = answers(load_balancer, base + ordinal, Some(name), 15 * SECOND).await;
+        println!(
+            "{name} (on {}): {load_balancer}:{} answered by it ({took:?})",
+            net.node,
+            base + ordinal
+        );
+    }
+
+    // A drain: pod 2 held Terminating, its port on the shared address still reaches it.
+    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
+    pods_api
+        .patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
+        .await
+        .unwrap();
+    fx.scale("jvb", 1).await;
+    eventually("jvb-1 gone and jvb-2 Terminating", 30 * SECOND, || async {
+        let gone = pods_api.get_opt("jvb-1").await.ok()?.is_none();
+        let pod = pods_api.get_opt("jvb-2").await.ok()??;
+        (gone && pod.metadata.deletion_timestamp.is_some()).then_some(())
+    })
+    .await;
+    nets.remove("jvb-1");
+    let port = base + 2;
+    let until = Instant::now() + 3 * SECOND;
+    let mut probes = 0;
+    while Instant::now() < until {
+        assert_eq!(
+            tokio::task::spawn_blocking(move || probe(load_balancer, port))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("jvb-2"),
+            "a draining bridge lost its port on the load balancer after {probes} probes"
+        );
+        probes += 1;
+    }
+    let release = json!({ "metadata": { "finalizers": null } });
+    pods_api
+        .patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
+        .await
+        .unwrap();
+    let took = answers(load_balancer, port, None, 15 * SECOND).await;
+    println!("jvb-2 draining: {probes} of {probes} probes answered; gone: silent {took:?} later");
+    answers(load_balancer, base, Some("jvb-0"), 5 * SECOND).await;
+    drop(nets);
+    drop(route);
+    fx.namespace.delete().await;
+}
+
+/// A route in the client namespace sending `address` to the first node, removed when dropped.
+struct RouteToFirstNode(Ipv4Addr);
+
+impl RouteToFirstNode {
+    fn add(address: Ipv4Addr) -> Self {
+        let first = node_ip(node_names()[0]).to_string();
+        local_cluster::dataplane::ip(
+            Some(local_cluster::dataplane::CLIENT),
+            &["route", "replace", &format!("{address}/32"), "via", &first],
+        )
+        .unwrap();
+        Self(address)
+    }
+}
+
+impl Drop for RouteToFirstNode {
+    fn drop(&mut self) {
+        let _ = local_cluster::dataplane::ip(
+            Some(local_cluster::dataplane::CLIENT),
+            &["route", "del", &format!("{}/32", self.0)],
+        );
+    }
+}
