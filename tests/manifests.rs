@@ -1154,3 +1154,100 @@ fn the_images_override_of_docs_deploying_points_every_daemon_at_the_registry() {
     assert_eq!(moved, 1 + 2 * 3, "{after:?}");
     std::fs::remove_dir_all(&copy).unwrap();
 }
+
+/// components/jvb-load-balancer as its header says (in each shard's folder): the shard's bridges in
+/// LoadBalancer mode, advertising the public Service the controller names `<set>-public`, with a token
+/// that may get that Service and nothing else — checked by the API server itself.
+#[tokio::test]
+async fn the_load_balancer_component_lets_each_shards_bridges_read_only_their_public_service() {
+    let copy = copy_of_manifests("jvb-load-balancer");
+    let production = copy.join("manifests/overlays/production");
+    for shard in ["shard-0", "shard-1"] {
+        let path = production.join(shard).join("kustomization.yaml");
+        let mut kustomization = std::fs::read_to_string(&path).unwrap();
+        kustomization.push_str("components:\n  - ../../../components/jvb-load-balancer\n");
+        std::fs::write(&path, kustomization).unwrap();
+    }
+    let cluster = Cluster::connect().await;
+    let namespace = cluster.namespace("manifests-lb").await;
+    let mut objects = manifests::render_dir(&production);
+    for object in &mut objects {
+        if object["metadata"].get("namespace").is_some() {
+            object["metadata"]["namespace"] = json!(namespace.name);
+        }
+        if let Some(subjects) = object.get_mut("subjects").and_then(Value::as_array_mut) {
+            for subject in subjects {
+                subject["namespace"] = json!(namespace.name);
+            }
+        }
+    }
+    assert!(
+        of_kind(&objects, "ConfigMap").all(|c| !name(c).ends_with("jvb-public")),
+        "the name carrier is kustomize's input only"
+    );
+    for shard in ["shard-0", "shard-1"] {
+        let set = format!("{shard}-jvb");
+        let bridges = named(&objects, "StatefulSet", &set);
+        assert_eq!(
+            bridges["metadata"]["annotations"]["service-per-pod/expose"],
+            "LoadBalancer"
+        );
+        assert_eq!(pod_spec(bridges)["automountServiceAccountToken"], true);
+        let jvb = container(bridges, "jvb");
+        let names: Vec<&str> = jvb["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        let position = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(
+            position("SHARD") < position("JVB_ADVERTISE_FROM_SERVICE"),
+            "$(SHARD) expands only from an earlier variable"
+        );
+        // The controller's default name for the StatefulSet's public Service is `<set>-public`.
+        let advertised = env(jvb, "JVB_ADVERTISE_FROM_SERVICE").unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .replace("$(SHARD)", shard);
+        assert_eq!(advertised, format!("{set}-public"));
+        let role = named(&objects, "Role", &format!("{shard}-jvb-public-reader"));
+        assert_eq!(
+            role["rules"],
+            json!([{ "apiGroups": [""], "resources": ["services"], "resourceNames": [advertised], "verbs": ["get"] }])
+        );
+    }
+
+    // The API server's own answer, for the ServiceAccount the bridges run as.
+    let rbac: Vec<Value> = objects
+        .iter()
+        .filter(|o| matches!(kind(o), "ServiceAccount" | "Role" | "RoleBinding"))
+        .filter(|o| name(o).starts_with("shard-0-jvb"))
+        .cloned()
+        .collect();
+    manifests::apply(&rbac);
+    let account = format!("system:serviceaccount:{}:shard-0-jvb", namespace.name);
+    let can = |verb: &str, what: &str| {
+        let (_, stdout, _) = kubectl(
+            &[
+                "auth",
+                "can-i",
+                verb,
+                what,
+                "--namespace",
+                &namespace.name,
+                "--as",
+                &account,
+            ],
+            "",
+        );
+        stdout.trim() == "yes"
+    };
+    assert!(can("get", "services/shard-0-jvb-public"));
+    assert!(!can("get", "services/shard-1-jvb-public"), "another shard's");
+    assert!(!can("get", "services/shard-0-web"));
+    assert!(!can("list", "services"));
+    assert!(!can("get", "pods"));
+    namespace.delete().await;
+    std::fs::remove_dir_all(&copy).unwrap();
+}
