@@ -317,7 +317,7 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
         .patch_status("jvb-public", &PatchParams::default(), &Patch::Merge(ingress))
         .await
         .unwrap();
-    let route = RouteToFirstNode::add(load_balancer);
+    let route = dataplane::ClientRoute::to_first_node(load_balancer);
     let pods_api: Api<Pod> = fx.namespace.api();
     let pods = running_pods(&pods_api, "jvb", 3).await;
     let mut nets: BTreeMap<String, PodNet> = BTreeMap::new();
@@ -376,28 +376,4 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
     drop(nets);
     drop(route);
     fx.namespace.delete().await;
-}
-
-/// A route in the client namespace sending `address` to the first node, removed when dropped.
-struct RouteToFirstNode(Ipv4Addr);
-
-impl RouteToFirstNode {
-    fn add(address: Ipv4Addr) -> Self {
-        let first = node_ip(node_names()[0]).to_string();
-        local_cluster::dataplane::ip(
-            Some(local_cluster::dataplane::CLIENT),
-            &["route", "replace", &format!("{address}/32"), "via", &first],
-        )
-        .unwrap();
-        Self(address)
-    }
-}
-
-impl Drop for RouteToFirstNode {
-    fn drop(&mut self) {
-        let _ = local_cluster::dataplane::ip(
-            Some(local_cluster::dataplane::CLIENT),
-            &["route", "del", &format!("{}/32", self.0)],
-        );
-    }
 }

@@ -8,41 +8,46 @@
 use testbed::Cluster;
 use testbed::daemon::binary;
 
-#[tokio::test]
-async fn the_demo_scenario_holds() {
-    let cluster = Cluster::connect().await;
-    let holder = cluster.namespace("demo-node-ports").await;
-    holder.reserve_node_ports(30300).await;
+/// Runs `demo --once --dataplane` with `extra` flags; its stdout, once it held.
+async fn run_demo(extra: &'static [&'static str]) -> String {
     // The demo deletes its namespace, and waits until it is gone, before it exits.
-    testbed::dataplane::require();
-    let output = tokio::task::spawn_blocking(|| {
+    let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(binary("demo"))
             .args(["--once", "--dataplane"])
+            .args(extra)
             .output()
     })
     .await
     .unwrap()
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "the demo {extra:?} failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("demo: every step held"), "{stdout}");
-    // The table after scaling to 3 shows every bridge with its port and a live exporter.
+    stdout
+}
+
+/// The rows a bridge's table shows: running with its port, a live exporter and UDP reachable; after the
+/// scale-down, Terminating and reachable while draining, then gone.
+fn check_the_main_claim(stdout: &str, service_of: impl Fn(&str) -> String) {
     for (pod, port) in [
         ("shard-0-jvb-0", 30300),
         ("shard-0-jvb-1", 30301),
         ("shard-0-jvb-2", 30302),
     ] {
+        let service = service_of(pod);
         assert!(
             stdout.lines().any(|l| l.contains(pod)
+                && l.contains(&format!(" {service} "))
                 && l.contains(&port.to_string())
                 && l.contains(" up ")
                 && l.trim_end().ends_with("yes")),
-            "no live row for {pod}, reachable over UDP:\n{stdout}"
+            "no live row for {pod} on {service}, reachable over UDP:\n{stdout}"
         );
     }
-    // The main claim: after scaling down, the removed bridges are listed Terminating with their Service
-    // and node port while their participants fall, and are gone with their Service afterwards.
     for (pod, port) in [("shard-0-jvb-1", 30301), ("shard-0-jvb-2", 30302)] {
         let draining: Vec<&str> = stdout
             .lines()
@@ -71,7 +76,28 @@ async fn the_demo_scenario_holds() {
             && !last_table.contains("shard-0-jvb-2"),
         "the last table still lists a removed bridge or its Service:\n{last_table}"
     );
+}
+
+/// The main job, as `cargo xtask demo --once --dataplane` runs it, in NodePort mode and then with the
+/// shard's bridges behind one load balancer (`--load-balancer`). One after the other: both use the dev
+/// overlay's namespace and node ports.
+#[tokio::test]
+async fn the_demo_scenario_holds_in_both_modes() {
+    testbed::dataplane::require();
+    let cluster = Cluster::connect().await;
+    let holder = cluster.namespace("demo-node-ports").await;
+    holder.reserve_node_ports(30300).await;
+
+    let stdout = run_demo(&[]).await;
+    check_the_main_claim(&stdout, |pod| pod.to_owned());
     // What stands in for what is said on screen.
     assert!(stdout.contains("stood in:"), "{stdout}");
+
+    let stdout = run_demo(&["--load-balancer"]).await;
+    assert!(
+        stdout.contains("shard-0-jvb-public: load balancer address 10.250.1.20"),
+        "{stdout}"
+    );
+    check_the_main_claim(&stdout, |_| "shard-0-jvb-public".to_owned());
     holder.delete().await;
 }

@@ -227,3 +227,46 @@ async fn switching_modes_replaces_the_services_and_a_foreign_public_service_is_l
     assert_eq!(after.resource_version(), foreign.resource_version());
     fx.namespace.delete().await;
 }
+
+/// What adding 10 bridges costs in API writes, in each mode (printed for the record; bounded so a
+/// regression fails): NodePort creates a Service per pod and adds the pod as its owner; LoadBalancer
+/// patches the one Service and creates a slice per pod.
+#[tokio::test]
+async fn adding_ten_bridges_costs_a_few_writes_each_in_either_mode() {
+    for expose in ["NodePort", "LoadBalancer"] {
+        let fx = Fixture::start("spp-lb-cost").await;
+        let base = fx.namespace.node_port_block().await;
+        let base_text = base.to_string();
+        fx.create(&statefulset_annotating_pods(
+            "jvb",
+            0,
+            &[(BASE_PORT, &base_text), (EXPOSE, expose)],
+        ))
+        .await;
+        tokio::time::sleep(SECOND).await;
+        let before = service_writes(&fx.controller).await;
+        fx.scale("jvb", 10).await;
+        let pods: Api<Pod> = fx.namespace.api();
+        eventually("10 bridges exposed", 60 * SECOND, || async {
+            let running = pods.list(&ListParams::default()).await.ok()?.items.len();
+            if running < 10 {
+                return None;
+            }
+            if expose == "NodePort" {
+                let services = fx.try_service_map().await?;
+                let owned = services.values().all(|s| s.owner_references().len() == 2);
+                (services.len() == 10 && owned).then_some(())
+            } else {
+                let exposed = exposed(&fx, "jvb-public").await?;
+                (exposed.ports.len() == 10 && exposed.slices.len() == 10).then_some(())
+            }
+        })
+        .await;
+        // Let any late write land before counting.
+        tokio::time::sleep(2 * SECOND).await;
+        let writes = service_writes(&fx.controller).await - before;
+        println!("{expose}: {writes} API writes to add 10 bridges");
+        assert!(writes <= 30.0, "{expose}: {writes} writes for 10 bridges");
+        fx.namespace.delete().await;
+    }
+}

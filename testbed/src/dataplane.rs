@@ -237,3 +237,28 @@ impl Drop for PodNet {
         dataplane::delete_namespace(&self.netns);
     }
 }
+
+/// A route in the client namespace sending `address` to the first node — an address standing for a
+/// cloud load balancer, which kube-proxy serves once it is a Service's load balancer ingress. Removed
+/// when dropped.
+#[derive(Debug)]
+pub struct ClientRoute(Ipv4Addr);
+
+impl ClientRoute {
+    pub fn to_first_node(address: Ipv4Addr) -> Self {
+        require();
+        let first = NODES[0].ip.to_string();
+        dataplane::ip(
+            Some(CLIENT),
+            &["route", "replace", &format!("{address}/32"), "via", &first],
+        )
+        .unwrap_or_else(|e| panic!("routing {address} to the first node: {e}"));
+        Self(address)
+    }
+}
+
+impl Drop for ClientRoute {
+    fn drop(&mut self) {
+        let _ = dataplane::ip(Some(CLIENT), &["route", "del", &format!("{}/32", self.0)]);
+    }
+}

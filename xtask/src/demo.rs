@@ -21,6 +21,10 @@ pub struct Args {
     /// namespace; the table gains a column "UDP".
     #[arg(long, env = "JITSI_K8S_DATAPLANE")]
     dataplane: bool,
+    /// The shard's bridges behind one LoadBalancer Service (service-per-pod's LoadBalancer mode), the
+    /// cloud's load balancer stood in for by an address kube-proxy serves (with --dataplane).
+    #[arg(long)]
+    load_balancer: bool,
 }
 
 pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
@@ -33,7 +37,7 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
     println!("==> building the daemons and the demo (cargo; minutes when cold)");
     let built = cargo::run(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
     let outcome = if built {
-        run_scenario(paths, args.once, args.dataplane)
+        run_scenario(paths, args)
     } else {
         Ok(false)
     };
@@ -50,14 +54,17 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
 
 /// Runs the demo binary. Ctrl-C reaches it too (same terminal process group); this process only waits
 /// for it to finish tearing down, so the cluster can be stopped afterwards.
-fn run_scenario(paths: &Paths, once: bool, dataplane: bool) -> Result<bool> {
+fn run_scenario(paths: &Paths, args: &Args) -> Result<bool> {
     let mut command = Command::new(paths.built("debug", "demo"));
     command.env("KUBECONFIG", paths.kubeconfig());
-    if once {
-        command.arg("--once");
-    }
-    if dataplane {
-        command.arg("--dataplane");
+    for (flag, on) in [
+        ("--once", args.once),
+        ("--dataplane", args.dataplane),
+        ("--load-balancer", args.load_balancer),
+    ] {
+        if on {
+            command.arg(flag);
+        }
     }
     let mut child = command.spawn().context("starting the demo")?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -32,6 +32,15 @@ const OVERLAY: &str = "manifests/overlays/dev";
 const NAMESPACE: &str = "jitsi-dev";
 const BRIDGES: &str = "shard-0-jvb";
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// `--load-balancer`: the shard's one Service, and the address standing for the cloud's load balancer.
+const PUBLIC_SERVICE: &str = "shard-0-jvb-public";
+const LOAD_BALANCER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 250, 1, 20);
+/// Whether the bridges run in LoadBalancer mode (set once, from the command line).
+static LOAD_BALANCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn load_balanced() -> bool {
+    LOAD_BALANCED.get().copied().unwrap_or(false)
+}
 
 /// A step that did not hold, in one sentence.
 type Failure = String;
@@ -58,6 +67,7 @@ type Bridges = Arc<Mutex<BTreeMap<String, Bridge>>>;
 async fn main() -> ExitCode {
     let once = std::env::args().any(|arg| arg == "--once");
     let dataplane = std::env::args().any(|arg| arg == "--dataplane");
+    let _ = LOAD_BALANCED.set(std::env::args().any(|arg| arg == "--load-balancer"));
     println!("{}", STAND_INS);
     let cluster = Cluster::connect().await;
     let outcome = tokio::select! {
@@ -147,6 +157,33 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
         controller.admin,
         controller.log.display()
     );
+
+    // `--load-balancer`: what components/jvb-load-balancer sets, and the cloud stood in for.
+    let _route = if load_balanced() {
+        step("LoadBalancer mode: one Service for the shard's bridges, an EndpointSlice per bridge");
+        let sets: Api<StatefulSet> = Api::namespaced(cluster.admin(), NAMESPACE);
+        let expose = json!({ "metadata": { "annotations": { "service-per-pod/expose": "LoadBalancer" } } });
+        sets.patch(BRIDGES, &PatchParams::default(), &Patch::Merge(expose))
+            .await
+            .map_err(|e| format!("switching {BRIDGES} to LoadBalancer mode: {e}"))?;
+        let services: Api<Service> = Api::namespaced(cluster.admin(), NAMESPACE);
+        wait(&format!("Service {PUBLIC_SERVICE}"), || async {
+            services.get_opt(PUBLIC_SERVICE).await.ok().flatten()
+        })
+        .await?;
+        let ingress =
+            json!({ "status": { "loadBalancer": { "ingress": [{ "ip": LOAD_BALANCER_IP.to_string() }] } } });
+        services
+            .patch_status(PUBLIC_SERVICE, &PatchParams::default(), &Patch::Merge(ingress))
+            .await
+            .map_err(|e| format!("setting the load balancer's address: {e}"))?;
+        println!(
+            "  {PUBLIC_SERVICE}: load balancer address {LOAD_BALANCER_IP} (the cloud's part, stood in for)"
+        );
+        dataplane.then(|| testbed::dataplane::ClientRoute::to_first_node(LOAD_BALANCER_IP))
+    } else {
+        None
+    };
 
     let bridges: Bridges = Arc::default();
     let _follower = AbortOnDrop(tokio::spawn(follow_bridges(
@@ -293,7 +330,12 @@ async fn follow_bridges(pods: Api<Pod>, bridges: Bridges, dataplane: bool) {
                         let port = media_port(pod);
                         let mut net = PodNet::attach(pod);
                         net.serve_udp(port);
-                        bridge.media = Some((testbed::dataplane::node_ip(&net.node), port));
+                        let address = if load_balanced() {
+                            LOAD_BALANCER_IP
+                        } else {
+                            testbed::dataplane::node_ip(&net.node)
+                        };
+                        bridge.media = Some((address, port));
                         bridge.net = Some(net);
                     }
                     bridges.insert(name.clone(), bridge);
@@ -420,12 +462,30 @@ async fn converge(
                 return None;
             }
             let list = services.list(&ListParams::default()).await.ok()?;
-            let mut node_ports: Vec<(String, i32)> = list
-                .items
-                .iter()
-                .filter(|s| s.name_any().starts_with(BRIDGES))
-                .filter_map(|s| Some((s.name_any(), s.spec.as_ref()?.ports.as_ref()?.first()?.node_port?)))
-                .collect();
+            let mut node_ports: Vec<(String, i32)> = if load_balanced() {
+                let public = list.items.iter().find(|s| s.name_any() == PUBLIC_SERVICE)?;
+                public
+                    .spec
+                    .as_ref()?
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| {
+                        (
+                            format!("{BRIDGES}-{}", p.name.clone().unwrap_or_default()),
+                            p.port,
+                        )
+                    })
+                    .collect()
+            } else {
+                list.items
+                    .iter()
+                    .filter(|s| s.name_any().starts_with(BRIDGES))
+                    .filter_map(|s| {
+                        Some((s.name_any(), s.spec.as_ref()?.ports.as_ref()?.first()?.node_port?))
+                    })
+                    .collect()
+            };
             node_ports.sort();
             let expected: Vec<(String, i32)> = wanted.iter().cloned().zip(30300..).collect();
             if node_ports != expected {
@@ -487,10 +547,11 @@ async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Ve
         .iter()
         .map(ResourceExt::name_any)
         .chain(services.iter().map(ResourceExt::name_any))
-        .filter(|n| n.starts_with(BRIDGES))
+        .filter(|n| n.starts_with(BRIDGES) && n != PUBLIC_SERVICE)
         .collect();
     names.sort();
     names.dedup();
+    let public = services.iter().find(|s| s.name_any() == PUBLIC_SERVICE);
     let mut rows = Vec::new();
     for name in names {
         let pod = pods.iter().find(|p| p.name_any() == name);
@@ -504,7 +565,25 @@ async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Ve
                 .unwrap_or_default(),
         };
         let service = services.iter().find(|s| s.name_any() == name);
-        let node_port = service.and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first()?.node_port);
+        let mut node_port = service.and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first()?.node_port);
+        // LoadBalancer mode: the bridge's port on the shard's one Service, named after its ordinal.
+        let ordinal = name.rsplit('-').next().unwrap_or_default().to_owned();
+        let public_port = public.and_then(|s| {
+            s.spec
+                .as_ref()?
+                .ports
+                .as_ref()?
+                .iter()
+                .find(|p| p.name.as_deref() == Some(&ordinal))
+                .map(|p| p.port)
+        });
+        let service = match (service, public_port) {
+            (None, Some(port)) => {
+                node_port = Some(port);
+                public
+            }
+            (service, _) => service,
+        };
         let udp = match bridges.get(&name).and_then(|b| b.media) {
             Some((ip, port)) => {
                 let expected = name.clone();
@@ -549,15 +628,15 @@ async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Ve
 fn format_table(rows: &[Row]) -> String {
     let with_udp = rows.iter().any(|r| r.udp.is_some());
     let mut table = format!(
-        "  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
-        "POD", "PHASE", "SERVICE", "NODEPORT", "EXPORTER", "PARTICIPANTS"
+        "  {:<16} {:<12} {:<18} {:>6}  {:<8} {:>12}",
+        "POD", "PHASE", "SERVICE", "PORT", "EXPORTER", "PARTICIPANTS"
     );
     if with_udp {
         table.push_str("  UDP REACHABLE");
     }
     for row in rows {
         table.push_str(&format!(
-            "\n  {:<16} {:<12} {:<16} {:>8}  {:<8} {:>12}",
+            "\n  {:<16} {:<12} {:<18} {:>6}  {:<8} {:>12}",
             row.name,
             row.phase,
             row.service.as_deref().unwrap_or("-"),
