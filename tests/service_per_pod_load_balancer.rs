@@ -270,3 +270,52 @@ async fn adding_ten_bridges_costs_a_few_writes_each_in_either_mode() {
         fx.namespace.delete().await;
     }
 }
+
+/// Port accounting is the same in both modes: a LoadBalancer StatefulSet whose block overlaps one held
+/// in NodePort mode gets no port for the contested ordinals (and one PortConflict Event), the others it
+/// gets; when the holder lets go, the ports follow without a restart.
+#[tokio::test]
+async fn a_load_balancer_statefulset_respects_ports_held_in_node_port_mode() {
+    let fx = Fixture::start("spp-lb-conflict").await;
+    let base = fx.namespace.node_port_block().await;
+    let holder_base = base.to_string();
+    let contender_base = (base + 2).to_string();
+    fx.create(&statefulset_annotating_pods(
+        "holder",
+        3,
+        &[(BASE_PORT, &holder_base)],
+    ))
+    .await;
+    fx.wait_until_settled(&["holder-0", "holder-1", "holder-2"], 30 * SECOND)
+        .await;
+    fx.create(&statefulset_annotating_pods(
+        "jvb",
+        3,
+        &[(BASE_PORT, &contender_base), (EXPOSE, "LoadBalancer")],
+    ))
+    .await;
+    let message = fx.wait_for_warning("jvb", "PortConflict").await;
+    assert!(message.contains("holder"), "{message}");
+    let base = i32::from(base);
+    let ports = |exposed: &Exposed| exposed.ports.iter().map(|p| p.1).collect::<Vec<_>>();
+    let partial = eventually(
+        "jvb-public without the contested port, slices for the others",
+        30 * SECOND,
+        || async {
+            let exposed = exposed(&fx, "jvb-public").await?;
+            (ports(&exposed) == [base + 3, base + 4] && exposed.slices.len() == 2).then_some(exposed)
+        },
+    )
+    .await;
+    assert!(
+        !partial.slices.contains_key("jvb-public-0"),
+        "no slice for a port it does not have"
+    );
+    fx.scale("holder", 2).await;
+    eventually("the released port taken", 30 * SECOND, || async {
+        let exposed = exposed(&fx, "jvb-public").await?;
+        (ports(&exposed) == [base + 2, base + 3, base + 4]).then_some(())
+    })
+    .await;
+    fx.namespace.delete().await;
+}
