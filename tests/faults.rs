@@ -50,7 +50,9 @@ async fn the_controller_survives_an_api_server_and_etcd_restart_while_scaling() 
 
     // It reconnects and converges on 6 Services...
     let names = ["jvb-0", "jvb-1", "jvb-2", "jvb-3", "jvb-4", "jvb-5"];
-    let services = fx.wait_for_services(&names, Duration::from_secs(90)).await;
+    // With the dataplane, six more clients (three kube-proxies, three kube-routers) relist everything
+    // after the outage; the controller's watches have taken up to two minutes to resume then.
+    let services = fx.wait_for_services(&names, Duration::from_secs(180)).await;
     let node_ports: BTreeSet<i32> = services.values().filter_map(|s| ports(s)[0].1).collect();
     assert_eq!(
         node_ports,
@@ -69,7 +71,7 @@ async fn the_controller_survives_an_api_server_and_etcd_restart_while_scaling() 
     // The pods go only once kube-controller-manager's StatefulSet controller has caught up after the
     // outage (its consistency check waits for its cache: 30–50 s here); Services follow the pods. This
     // also leaves the cluster healthy for the test binaries that run after this one.
-    fx.wait_for_services(&["jvb-0", "jvb-1"], Duration::from_secs(120))
+    fx.wait_for_services(&["jvb-0", "jvb-1"], Duration::from_secs(240))
         .await;
     assert!(fx.controller.is_running());
     eventually("the controller ready again", Duration::from_secs(10), || async {
