@@ -94,14 +94,18 @@ fn exporter(paths: &Paths, seconds: u64) -> Result<ExitCode> {
     build_release(paths, "bench-exporter")?;
     let go_program = &gobuild::JITSI_MEET_EXPORTER;
     let modules = paths.go_modules();
-    let go_bin = go_program
-        .ensure_built(&modules, &paths.cache)
-        .map(|dir| dir.join("prometheus-jitsi-meet-exporter"))
-        // A failed build usually means the module cannot be downloaded: quote the proxy's own answer.
-        .map_err(|build| match go_program.module_dir(&modules) {
-            Err(download) => download.context(build.to_string()),
-            Ok(_) => build,
-        });
+    let go_bin = match crate::anchors::source("systemli-exporter") {
+        // A source snapshot (JITSI_K8S_ANCHORS): the module proxy refuses the module path here.
+        Some(source) => crate::anchors::build(&source, ".", "prometheus-jitsi-meet-exporter", &paths.cache),
+        None => go_program
+            .ensure_built(&modules, &paths.cache)
+            .map(|dir| dir.join("prometheus-jitsi-meet-exporter"))
+            // A failed build usually means the module cannot be downloaded: quote the proxy's own answer.
+            .map_err(|build| match go_program.module_dir(&modules) {
+                Err(download) => download.context(build.to_string()),
+                Ok(_) => build,
+            }),
+    };
     let mut args = vec!["jvb".to_owned(), format!("--seconds={seconds}")];
     match go_bin {
         Ok(bin) => args.push(format!("--go-exporter={}", bin.display())),

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod anchors;
 mod bench;
 mod bench_controller;
 mod cargo;

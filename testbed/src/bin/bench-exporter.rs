@@ -80,83 +80,100 @@ impl Figures {
     }
 }
 
-fn jvb(duration: Duration, go: Option<&Path>, go_missing: Option<&str>) -> Result<String, String> {
-    let upstream = replay_server::start(vec![("/", "application/json", testdata(STATS).into_bytes())])
-        .map_err(|e| format!("starting the upstream: {e}"))?;
-    eprintln!("==> upstream replaying testdata/{STATS} on 127.0.0.1:{upstream}");
-    let port = free_port()?;
-    let ours = measure(
-        "jvb-exporter (ours)",
-        &daemon::binary("jvb-exporter"),
-        &[
-            format!("--jvb-url=http://127.0.0.1:{upstream}"),
-            format!("--listen=127.0.0.1:{port}"),
-        ],
-        port,
-        duration,
-    )?;
-    let theirs = match go {
-        Some(binary) => {
-            let port = free_port()?;
-            Some(measure(
-                "prometheus-jitsi-meet-exporter (Go)",
-                binary,
-                &[
-                    format!("-videobridge-url=http://127.0.0.1:{upstream}/colibri/stats"),
-                    format!("-web.listen-address=127.0.0.1:{port}"),
-                ],
-                port,
-                duration,
-            )?)
-        }
-        None => None,
-    };
+/// The recorded `/colibri/stats` of each bridge era in the test data: the exporters are compared on each.
+const ERAS: [(&str, &str); 4] = [
+    ("2020, JVB 2.1.169, idle", "colibri/2020-jvb-2.1.169-idle.json"),
+    (
+        "2021, JVB 2.1.508, active",
+        "colibri/2021-jvb-2.1.508-active.json",
+    ),
+    (
+        "2021, JVB 2.1.508, idle (floats)",
+        "colibri/2021-jvb-2.1.508-idle-floats.json",
+    ),
+    ("2026, JVB 2.3.63, relay", STATS),
+];
 
+fn jvb(duration: Duration, go: Option<&Path>, go_missing: Option<&str>) -> Result<String, String> {
     let mut text = format!(
         "# jvb-exporter benchmark\n\nMachine: {}.\n\
-         Upstream: a keep-alive HTTP server replaying `testdata/{STATS}`; load: `wrk -t1 -c1 -d{}s --latency` on `/metrics`.\n\n\
-         | measure | ours | Go exporter | ours / Go |\n|---|---|---|---|\n",
+         For each recorded bridge era in `testdata/colibri/`: a keep-alive HTTP server replays its \
+         `/colibri/stats`; each exporter is scraped with `wrk -t1 -c1 -d{}s --latency` on `/metrics`, one \
+         after the other, in the same run.\n\n\
+         | stats era | measure | ours | Go exporter | ours / Go |\n|---|---|---|---|---|\n",
         machine_line(),
         duration.as_secs()
     );
-    let row = |label: &str, ours: String, go: Option<String>, ratio: Option<f64>| {
-        format!(
-            "| {label} | {ours} | {} | {} |\n",
-            go.unwrap_or_else(|| "not measured".into()),
-            ratio.map_or_else(|| "–".into(), |r| format!("{r:.2}×"))
-        )
-    };
-    let go = theirs.as_ref();
-    text.push_str(&row(
-        "CPU per scrape",
-        format!("{:.0} µs", ours.cpu_per_scrape_us()),
-        go.map(|g| format!("{:.0} µs", g.cpu_per_scrape_us())),
-        go.map(|g| ours.cpu_per_scrape_us() / g.cpu_per_scrape_us()),
-    ));
-    text.push_str(&row(
-        "scrape latency p50",
-        format!("{:.3} ms", ours.wrk.p50_ms),
-        go.map(|g| format!("{:.3} ms", g.wrk.p50_ms)),
-        go.map(|g| ours.wrk.p50_ms / g.wrk.p50_ms),
-    ));
-    text.push_str(&row(
-        "scrape latency p99",
-        format!("{:.3} ms", ours.wrk.p99_ms),
-        go.map(|g| format!("{:.3} ms", g.wrk.p99_ms)),
-        go.map(|g| ours.wrk.p99_ms / g.wrk.p99_ms),
-    ));
-    text.push_str(&row(
-        "peak RSS",
-        format!("{:.1} MiB", ours.peak_rss_mib),
-        go.map(|g| format!("{:.1} MiB", g.peak_rss_mib)),
-        go.map(|g| ours.peak_rss_mib / g.peak_rss_mib),
-    ));
-    text.push_str(&row(
-        "scrapes served",
-        ours.wrk.requests.to_string(),
-        go.map(|g| g.wrk.requests.to_string()),
-        None,
-    ));
+    for (era, fixture) in ERAS {
+        let upstream = replay_server::start(vec![("/", "application/json", testdata(fixture).into_bytes())])
+            .map_err(|e| format!("starting the upstream: {e}"))?;
+        eprintln!("==> {era}: upstream replaying testdata/{fixture} on 127.0.0.1:{upstream}");
+        let port = free_port()?;
+        let ours = measure(
+            "jvb-exporter (ours)",
+            &daemon::binary("jvb-exporter"),
+            &[
+                format!("--jvb-url=http://127.0.0.1:{upstream}"),
+                format!("--listen=127.0.0.1:{port}"),
+            ],
+            port,
+            duration,
+        )?;
+        let theirs = match go {
+            Some(binary) => {
+                let port = free_port()?;
+                Some(measure(
+                    "prometheus-jitsi-meet-exporter (Go)",
+                    binary,
+                    &[
+                        format!("-videobridge-url=http://127.0.0.1:{upstream}/colibri/stats"),
+                        format!("-web.listen-address=127.0.0.1:{port}"),
+                    ],
+                    port,
+                    duration,
+                )?)
+            }
+            None => None,
+        };
+        let row = |label: &str, ours: String, go: Option<String>, ratio: Option<f64>| {
+            format!(
+                "| {era} | {label} | {ours} | {} | {} |\n",
+                go.unwrap_or_else(|| "not measured".into()),
+                ratio.map_or_else(|| "–".into(), |r| format!("{r:.2}×"))
+            )
+        };
+        let go = theirs.as_ref();
+        text.push_str(&row(
+            "CPU per scrape",
+            format!("{:.0} µs", ours.cpu_per_scrape_us()),
+            go.map(|g| format!("{:.0} µs", g.cpu_per_scrape_us())),
+            go.map(|g| ours.cpu_per_scrape_us() / g.cpu_per_scrape_us()),
+        ));
+        text.push_str(&row(
+            "scrape latency p50",
+            format!("{:.3} ms", ours.wrk.p50_ms),
+            go.map(|g| format!("{:.3} ms", g.wrk.p50_ms)),
+            go.map(|g| ours.wrk.p50_ms / g.wrk.p50_ms),
+        ));
+        text.push_str(&row(
+            "scrape latency p99",
+            format!("{:.3} ms", ours.wrk.p99_ms),
+            go.map(|g| format!("{:.3} ms", g.wrk.p99_ms)),
+            go.map(|g| ours.wrk.p99_ms / g.wrk.p99_ms),
+        ));
+        text.push_str(&row(
+            "peak RSS",
+            format!("{:.1} MiB", ours.peak_rss_mib),
+            go.map(|g| format!("{:.1} MiB", g.peak_rss_mib)),
+            go.map(|g| ours.peak_rss_mib / g.peak_rss_mib),
+        ));
+        text.push_str(&row(
+            "scrapes served",
+            ours.wrk.requests.to_string(),
+            go.map(|g| g.wrk.requests.to_string()),
+            None,
+        ));
+    }
     if let Some(why) = go_missing {
         text.push_str(&format!(
             "\nThe Go exporter was not measured: it could not be built here:\n\n```\n{why}\n```\n"
