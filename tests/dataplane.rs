@@ -91,6 +91,41 @@ async fn answers(ip: Ipv4Addr, port: u16, expected: Option<&str>, within: Durati
     }
 }
 
+/// Scales `jvb` from 3 to 1 with pod 2 held Terminating (a finalizer, as its preStop hook would while
+/// calls remain); returns once pod 1 is gone and pod 2 is Terminating.
+async fn scale_to_one_holding_jvb_2(fx: &Fixture) {
+    let pods: Api<Pod> = fx.namespace.api();
+    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
+    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
+        .await
+        .unwrap();
+    fx.scale("jvb", 1).await;
+    eventually("jvb-1 gone and jvb-2 Terminating", 30 * SECOND, || async {
+        let gone = pods.get_opt("jvb-1").await.ok()?.is_none();
+        let pod = pods.get_opt("jvb-2").await.ok()??;
+        (gone && pod.metadata.deletion_timestamp.is_some()).then_some(())
+    })
+    .await;
+}
+
+/// Probes `ip:port` for `during`, each datagram answered by `expected` (or the test fails); the count.
+async fn always_answers(ip: Ipv4Addr, port: u16, expected: &str, during: Duration) -> usize {
+    let until = Instant::now() + during;
+    let mut probes = 0;
+    while Instant::now() < until {
+        assert_eq!(
+            tokio::task::spawn_blocking(move || probe(ip, port))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(expected),
+            "{ip}:{port} stopped reaching {expected} after {probes} probes"
+        );
+        probes += 1;
+    }
+    probes
+}
+
 fn other_nodes(node: &str) -> Vec<&'static str> {
     node_names().into_iter().filter(|n| *n != node).collect()
 }
@@ -144,33 +179,10 @@ async fn a_draining_bridge_is_reached_until_its_pod_is_gone_then_nothing_answers
     answers(node, port, Some("jvb-2"), 10 * SECOND).await;
 
     // Pod 2 held Terminating, as by its preStop hook while calls remain; its responder keeps running.
-    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
-    pods_api
-        .patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
-        .await
-        .unwrap();
-    fx.scale("jvb", 1).await;
-    eventually("jvb-1 gone and jvb-2 Terminating", 30 * SECOND, || async {
-        let gone = pods_api.get_opt("jvb-1").await.ok()?.is_none();
-        let pod = pods_api.get_opt("jvb-2").await.ok()??;
-        (gone && pod.metadata.deletion_timestamp.is_some()).then_some(())
-    })
-    .await;
+    scale_to_one_holding_jvb_2(&fx).await;
     nets.remove("jvb-1");
     // For the whole drain (here 5 s), every datagram to node:base+2 still reaches pod 2.
-    let until = Instant::now() + 5 * SECOND;
-    let mut probes = 0;
-    while Instant::now() < until {
-        assert_eq!(
-            tokio::task::spawn_blocking(move || probe(node, port))
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("jvb-2"),
-            "a draining bridge lost its media path after {probes} probes"
-        );
-        probes += 1;
-    }
+    let probes = always_answers(node, port, "jvb-2", 5 * SECOND).await;
     println!("jvb-2 Terminating: {probes} of {probes} probes answered by it");
 
     let release = json!({ "metadata": { "finalizers": null } });
@@ -338,33 +350,10 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
     }
 
     // A drain: pod 2 held Terminating, its port on the shared address still reaches it.
-    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
-    pods_api
-        .patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
-        .await
-        .unwrap();
-    fx.scale("jvb", 1).await;
-    eventually("jvb-1 gone and jvb-2 Terminating", 30 * SECOND, || async {
-        let gone = pods_api.get_opt("jvb-1").await.ok()?.is_none();
-        let pod = pods_api.get_opt("jvb-2").await.ok()??;
-        (gone && pod.metadata.deletion_timestamp.is_some()).then_some(())
-    })
-    .await;
+    scale_to_one_holding_jvb_2(&fx).await;
     nets.remove("jvb-1");
     let port = base + 2;
-    let until = Instant::now() + 3 * SECOND;
-    let mut probes = 0;
-    while Instant::now() < until {
-        assert_eq!(
-            tokio::task::spawn_blocking(move || probe(load_balancer, port))
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("jvb-2"),
-            "a draining bridge lost its port on the load balancer after {probes} probes"
-        );
-        probes += 1;
-    }
+    let probes = always_answers(load_balancer, port, "jvb-2", 3 * SECOND).await;
     let release = json!({ "metadata": { "finalizers": null } });
     pods_api
         .patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))

@@ -108,14 +108,19 @@ impl Fixture {
     pub async fn start_with(prefix: &str, tweaks: impl FnOnce(&TestNamespace) -> Tweaks) -> Self {
         let cluster = Cluster::connect().await;
         let namespace = cluster.namespace(prefix).await;
-        let deployment = install_rbac(&namespace.name, Scope::Namespace);
         let tweaks = tweaks(&namespace);
+        Self::run_in(cluster, namespace, &tweaks).await
+    }
+
+    /// The controller's RBAC installed in `namespace`, and one replica started there as `tweaks` says.
+    async fn run_in(cluster: Cluster, namespace: TestNamespace, tweaks: &Tweaks) -> Self {
+        let deployment = install_rbac(&namespace.name, Scope::Namespace);
         let controller = start_controller_with(
             &cluster,
             &namespace.name,
             &deployment,
             "service-per-pod-0",
-            &tweaks,
+            tweaks,
         )
         .await;
         Self {
@@ -248,25 +253,11 @@ impl Fixture {
                 )
             })
             .collect();
-        let deployment = install_rbac(&namespace.name, Scope::Namespace);
         let tweaks = Tweaks {
             env: vec![("PORT_GRANTS".to_owned(), grants.join(","))],
             via: None,
         };
-        let controller = start_controller_with(
-            &cluster,
-            &namespace.name,
-            &deployment,
-            "service-per-pod-0",
-            &tweaks,
-        )
-        .await;
-        let fixture = Self {
-            cluster,
-            namespace,
-            deployment,
-            controller,
-        };
+        let fixture = Self::run_in(cluster, namespace, &tweaks).await;
         (fixture, blocks)
     }
 

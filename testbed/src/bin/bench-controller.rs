@@ -153,14 +153,7 @@ async fn main() {
     let writes_1 = apiserver_writes(&admin).await;
     let reconciles_1 = fx.controller.metric("service_per_pod_reconciles_total").await;
     let (cpu_1, rss_1, peak_1) = process_usage(pid);
-    let (created_sum, created_count) = (
-        fx.controller
-            .metric("service_per_pod_reconcile_duration_seconds_sum")
-            .await,
-        fx.controller
-            .metric("service_per_pod_reconcile_duration_seconds_count")
-            .await,
-    );
+    let (created_sum, created_count) = reconcile_durations(&fx.controller).await;
 
     println!(
         "# service-per-pod benchmark\n\nMachine: {}.\n\
@@ -243,14 +236,7 @@ async fn main() {
     let (cpu_2, rss_2, peak_2) = process_usage(pid);
     // The cost of one reconcile with every pod and Service in place: the steady-state reconciles do
     // nothing but read the caches and compare, so this is the controller's own work per reconcile.
-    let (steady_sum, steady_count) = (
-        fx.controller
-            .metric("service_per_pod_reconcile_duration_seconds_sum")
-            .await,
-        fx.controller
-            .metric("service_per_pod_reconcile_duration_seconds_count")
-            .await,
-    );
+    let (steady_sum, steady_count) = reconcile_durations(&fx.controller).await;
     row(
         format!(
             "steady state {} s: reconciles / Service writes / Event writes",
@@ -452,4 +438,16 @@ async fn main() {
     if let Ok(note) = std::env::var("BENCH_METACONTROLLER_NOTE") {
         println!("\n## The approach we replace: metacontroller\n\n{note}");
     }
+}
+
+/// The controller's reconcile-duration histogram so far: (sum of seconds, count).
+async fn reconcile_durations(controller: &testbed::daemon::Daemon) -> (f64, f64) {
+    (
+        controller
+            .metric("service_per_pod_reconcile_duration_seconds_sum")
+            .await,
+        controller
+            .metric("service_per_pod_reconcile_duration_seconds_count")
+            .await,
+    )
 }
