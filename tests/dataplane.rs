@@ -95,10 +95,7 @@ async fn answers(ip: Ipv4Addr, port: u16, expected: Option<&str>, within: Durati
 /// calls remain); returns once pod 1 is gone and pod 2 is Terminating.
 async fn scale_to_one_holding_jvb_2(fx: &Fixture) {
     let pods: Api<Pod> = fx.namespace.api();
-    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
-    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
-        .await
-        .unwrap();
+    fx.hold_terminating("jvb-2").await;
     fx.scale("jvb", 1).await;
     eventually("jvb-1 gone and jvb-2 Terminating", 30 * SECOND, || async {
         let gone = pods.get_opt("jvb-1").await.ok()?.is_none();
@@ -173,7 +170,6 @@ async fn each_bridge_answers_on_its_node_port_of_its_own_node_only() {
 #[tokio::test]
 async fn a_draining_bridge_is_reached_until_its_pod_is_gone_then_nothing_answers() {
     let (fx, services, mut nets) = three_wired_bridges("dataplane-drain").await;
-    let pods_api: Api<Pod> = fx.namespace.api();
     let draining = &nets["jvb-2"];
     let (node, port) = (node_ip(&draining.node), node_port(&services["jvb-2"]));
     answers(node, port, Some("jvb-2"), 10 * SECOND).await;
@@ -185,11 +181,7 @@ async fn a_draining_bridge_is_reached_until_its_pod_is_gone_then_nothing_answers
     let probes = always_answers(node, port, "jvb-2", 5 * SECOND).await;
     println!("jvb-2 Terminating: {probes} of {probes} probes answered by it");
 
-    let release = json!({ "metadata": { "finalizers": null } });
-    pods_api
-        .patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
-        .await
-        .unwrap();
+    fx.release("jvb-2").await;
     fx.wait_for_services(&["jvb-0"], 30 * SECOND).await;
     // The responder still runs in its namespace: only the Service is gone, and with it the path.
     let took = answers(node, port, None, 10 * SECOND).await;
@@ -354,11 +346,7 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
     nets.remove("jvb-1");
     let port = base + 2;
     let probes = always_answers(load_balancer, port, "jvb-2", 3 * SECOND).await;
-    let release = json!({ "metadata": { "finalizers": null } });
-    pods_api
-        .patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
-        .await
-        .unwrap();
+    fx.release("jvb-2").await;
     let took = answers(load_balancer, port, None, 15 * SECOND).await;
     println!("jvb-2 draining: {probes} of {probes} probes answered; gone: silent {took:?} later");
     answers(load_balancer, base, Some("jvb-0"), 5 * SECOND).await;

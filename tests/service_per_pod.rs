@@ -210,10 +210,7 @@ async fn a_terminating_pod_keeps_its_service_until_it_is_gone() {
     })
     .await;
     // Hold pod 2 Terminating, as a bridge with calls in its preStop drain would be.
-    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
-    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
-        .await
-        .unwrap();
+    fx.hold_terminating("jvb-2").await;
 
     fx.scale("jvb", 1).await;
     eventually("pod jvb-1 gone and jvb-2 Terminating", 30 * SECOND, || async {
@@ -236,10 +233,7 @@ async fn a_terminating_pod_keeps_its_service_until_it_is_gone() {
         vec!["jvb-0", "jvb-2"]
     );
 
-    let release = json!({ "metadata": { "finalizers": null } });
-    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
-        .await
-        .unwrap();
+    fx.release("jvb-2").await;
     fx.wait_for_services(&["jvb-0"], 10 * SECOND).await;
     fx.namespace.delete().await;
 }
@@ -689,10 +683,7 @@ async fn deleting_the_statefulset_keeps_a_draining_pods_service_until_the_pod_is
         pods.get_opt("jvb-2").await.ok()??.uid()
     })
     .await;
-    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
-    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
-        .await
-        .unwrap();
+    fx.hold_terminating("jvb-2").await;
     eventually("every Service owned by its pod", 15 * SECOND, || async {
         let services = fx.try_service_map().await?;
         (services.len() == 3
@@ -729,10 +720,7 @@ async fn deleting_the_statefulset_keeps_a_draining_pods_service_until_the_pod_is
         "the draining bridge keeps its port"
     );
 
-    let release = json!({ "metadata": { "finalizers": null } });
-    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
-        .await
-        .unwrap();
+    fx.release("jvb-2").await;
     fx.wait_for_services(&[], 60 * SECOND).await;
     fx.namespace.delete().await;
 }

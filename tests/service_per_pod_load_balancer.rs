@@ -154,11 +154,7 @@ async fn a_draining_pod_keeps_its_port_and_a_serving_terminating_slice_until_it_
         .await;
     let base = i32::from(base);
     expect(&fx, base, &[0, 1, 2], &BTreeMap::new()).await;
-    let pods: Api<Pod> = fx.namespace.api();
-    let hold = json!({ "metadata": { "finalizers": ["jitsi-k8s.test/draining"] } });
-    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(hold))
-        .await
-        .unwrap();
+    fx.hold_terminating("jvb-2").await;
     fx.scale("jvb", 1).await;
     let draining = BTreeMap::from([(2, json!({ "ready": false, "serving": true, "terminating": true }))]);
     expect(&fx, base, &[0, 2], &draining).await;
@@ -166,10 +162,7 @@ async fn a_draining_pod_keeps_its_port_and_a_serving_terminating_slice_until_it_
     tokio::time::sleep(2 * SECOND).await;
     expect(&fx, base, &[0, 2], &draining).await;
 
-    let release = json!({ "metadata": { "finalizers": null } });
-    pods.patch("jvb-2", &PatchParams::default(), &Patch::Merge(release))
-        .await
-        .unwrap();
+    fx.release("jvb-2").await;
     expect(&fx, base, &[0], &BTreeMap::new()).await;
     fx.namespace.delete().await;
 }

@@ -156,6 +156,29 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("scaling StatefulSet {name}: {e}"));
     }
 
+    /// Holds pod `name` Terminating once deleted (a finalizer), as a bridge's preStop hook does while
+    /// calls remain.
+    pub async fn hold_terminating(&self, name: &str) {
+        self.set_finalizers(name, json!([DRAINING])).await;
+    }
+
+    /// Lets a held pod go.
+    pub async fn release(&self, name: &str) {
+        self.set_finalizers(name, Value::Null).await;
+    }
+
+    async fn set_finalizers(&self, name: &str, finalizers: Value) {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = self.namespace.api();
+        let patch = json!({ "metadata": { "finalizers": finalizers } });
+        pods.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("setting the finalizers of pod {name}: {e}"));
+    }
+
     pub fn services(&self) -> Api<Service> {
         self.namespace.api()
     }
@@ -298,6 +321,9 @@ pub async fn service_writes(daemon: &Daemon) -> f64 {
     }
     total
 }
+
+/// The finalizer that stands for a draining bridge's preStop hook in the tests.
+const DRAINING: &str = "jitsi-k8s.test/draining";
 
 /// A StatefulSet of `replicas` pods (Parallel, so scaling does not wait on readiness) with `annotations`.
 pub fn statefulset(name: &str, replicas: i32, annotations: &[(&str, &str)]) -> StatefulSet {
