@@ -37,6 +37,9 @@ const CONFLICT_RECHECK: Duration = Duration::from_secs(5);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Other failures (the API server unreachable, ...) back off per StatefulSet up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long a write of ours may take to come back through the Service watch before the cache is
+/// believed again (it takes milliseconds; a Service deleted meanwhile is looked at again after this).
+const ECHO_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +62,41 @@ struct Refused {
     next: Instant,
 }
 
+/// A write of ours the Service cache does not show yet. Reconciles come in bursts (every pod event
+/// of a new StatefulSet is one), and one that reads the cache a moment after our write would write
+/// again: a second create of the same Service is refused for its node port (422, "already
+/// allocated") before its name is even checked, and a second repair patch is a wasted write.
+#[derive(Clone, Debug)]
+enum Echo {
+    Created {
+        uid: String,
+        at: Instant,
+    },
+    /// The resourceVersion the cache showed before our patch.
+    Patched {
+        stale: String,
+        at: Instant,
+    },
+}
+
+impl Echo {
+    /// When the cache counts again for this Service, if it does not yet. `actual` is the cache's
+    /// Service of that name.
+    fn pending_until(&self, actual: Option<&Service>, now: Instant) -> Option<Instant> {
+        let (at, still_stale) = match self {
+            Echo::Created { uid, at } => (*at, actual.is_none_or(|s| s.uid().as_ref() != Some(uid))),
+            Echo::Patched { stale, at } => (
+                *at,
+                actual.is_some_and(|s| s.resource_version().as_ref() == Some(stale)),
+            ),
+        };
+        let until = at + ECHO_WAIT;
+        // A Service replaced by someone else meanwhile (another UID) shows up as `still_stale` for a
+        // create: the wait is bounded, and the reconcile after it looks at the cache again.
+        (still_stale && until > now).then_some(until)
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     /// For writes: every call under the client's timeout (see `runtime`).
@@ -79,6 +117,8 @@ pub struct Context {
     conflicts: Mutex<HashMap<SetKey, u64>>,
     refused: Mutex<HashMap<(SetKey, u16), Refused>>,
     failures: Mutex<HashMap<SetKey, u32>>,
+    /// Services we wrote, by namespace and name, until the cache shows the write.
+    echoes: Mutex<HashMap<(String, String), Echo>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -138,6 +178,7 @@ impl Context {
             conflicts: Mutex::default(),
             refused: Mutex::default(),
             failures: Mutex::default(),
+            echoes: Mutex::default(),
         }
     }
 }
@@ -404,6 +445,10 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
     let mut writes = Vec::new();
     for wanted in &plan.services {
         let actual = owned.iter().find(|service| service.name_any() == wanted.name);
+        if let Some(until) = awaited_echo(ctx, &key.namespace, &wanted.name, actual.map(AsRef::as_ref), now) {
+            next_retry = Some(next_retry.map_or(until, |next| next.min(until)));
+            continue;
+        }
         if actual.is_some_and(|actual| desired::is_up_to_date(wanted, &key, &uid, actual)) {
             lock(&ctx.refused).remove(&(key.clone(), wanted.port));
             continue;
@@ -464,6 +509,34 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
     Ok(recheck.map_or_else(Action::await_change, |delay| {
         Action::requeue(delay.max(Duration::from_millis(100)))
     }))
+}
+
+/// Until when a write of ours to `namespace/name` is still on its way to the cache (so the Service is
+/// left alone until then); forgets the write once the cache shows it.
+fn awaited_echo(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    actual: Option<&Service>,
+    now: Instant,
+) -> Option<Instant> {
+    let mut echoes = lock(&ctx.echoes);
+    let key = (namespace.to_owned(), name.to_owned());
+    let until = echoes.get(&key)?.pending_until(actual, now);
+    if until.is_none() {
+        echoes.remove(&key);
+    }
+    until
+}
+
+fn expect_echo(ctx: &Context, namespace: &str, name: &str, echo: Echo) {
+    let mut echoes = lock(&ctx.echoes);
+    // Writes whose echo never came (their Service deleted at once) are dropped once stale.
+    let now = Instant::now();
+    echoes.retain(|_, echo| match echo {
+        Echo::Created { at, .. } | Echo::Patched { at, .. } => *at + ECHO_WAIT > now,
+    });
+    echoes.insert((namespace.to_owned(), name.to_owned()), echo);
 }
 
 fn conflict_count(plan: &desired::Plan) -> u64 {
@@ -718,9 +791,13 @@ async fn ensure_service(
             ..PatchParams::default()
         };
         let patch = desired::repair_patch(wanted, key, uid, actual);
+        let stale = actual.resource_version().unwrap_or_default();
         api.patch(&wanted.name, &params, &Patch::Merge(&patch))
             .await
-            .map(|_| ())
+            .map(|_| {
+                let at = Instant::now();
+                expect_echo(ctx, &key.namespace, &wanted.name, Echo::Patched { stale, at });
+            })
     } else {
         let manifest = desired::service_manifest(wanted, key, uid);
         ctx.metrics.write(Verb::Create);
@@ -732,7 +809,13 @@ async fn ensure_service(
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PostParams::default()
         };
-        api.create(&params, &service).await.map(|_| ())
+        api.create(&params, &service).await.map(|created| {
+            let echo = Echo::Created {
+                uid: created.uid().unwrap_or_default(),
+                at: Instant::now(),
+            };
+            expect_echo(ctx, &key.namespace, &wanted.name, echo);
+        })
     };
     let outcome = match result {
         Ok(()) => {
@@ -759,6 +842,14 @@ async fn ensure_service(
             }
         }
         Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("nodePort") => {
+            // A create of a Service that exists is refused for its node port before its name is
+            // checked: when the Service of that name is ours, it is no refusal.
+            if !is_ours
+                && let Ok(Some(existing)) = api.get_opt(&wanted.name).await
+                && desired::controller_uid(&existing) == Some(uid)
+            {
+                return (port, Ok(Written::Done));
+            }
             tracing::warn!(statefulset = %key, service = %wanted.name, port, "node port refused: {}", status.message);
             Ok(Written::Refused(format!(
                 "the API server refused node port {port} for Service {}: {} (tried again within {} s)",
@@ -852,5 +943,50 @@ async fn report(ctx: &Context, set: &StatefulSet, key: &SetKey, warnings: Vec<(S
         if let Err(error) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(statefulset = %key, %error, "could not publish an Event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(uid: &str, resource_version: &str) -> Service {
+        let mut service = Service::default();
+        service.metadata.uid = Some(uid.to_owned());
+        service.metadata.resource_version = Some(resource_version.to_owned());
+        service
+    }
+
+    #[test]
+    fn a_created_service_is_awaited_until_the_cache_shows_its_uid() {
+        let at = Instant::now();
+        let echo = Echo::Created {
+            uid: "new".to_owned(),
+            at,
+        };
+        assert_eq!(echo.pending_until(None, at), Some(at + ECHO_WAIT));
+        assert_eq!(
+            echo.pending_until(Some(&service("old", "1")), at),
+            Some(at + ECHO_WAIT)
+        );
+        assert_eq!(echo.pending_until(Some(&service("new", "2")), at), None);
+        // Never longer than the wait: a Service deleted at once is created again after it.
+        assert_eq!(echo.pending_until(None, at + ECHO_WAIT), None);
+    }
+
+    #[test]
+    fn a_patched_service_is_awaited_while_the_cache_shows_the_version_before_the_patch() {
+        let at = Instant::now();
+        let echo = Echo::Patched {
+            stale: "7".to_owned(),
+            at,
+        };
+        assert_eq!(
+            echo.pending_until(Some(&service("a", "7")), at),
+            Some(at + ECHO_WAIT)
+        );
+        assert_eq!(echo.pending_until(Some(&service("a", "8")), at), None);
+        assert_eq!(echo.pending_until(None, at), None);
+        assert_eq!(echo.pending_until(Some(&service("a", "7")), at + ECHO_WAIT), None);
     }
 }

@@ -45,13 +45,25 @@ impl Daemon {
         env: &[(&str, String)],
         addr_flag: &str,
     ) -> Self {
+        Self::start_program(name, &binary(name), args, env, addr_flag)
+    }
+
+    /// Starts a program that is not ours (`program`, logged as `name`), which serves `/readyz` on the
+    /// address given with `addr_flag`: the programs the benchmarks compare us with.
+    pub fn start_program(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        env: &[(&str, String)],
+        addr_flag: &str,
+    ) -> Self {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port().expect("a free port")));
         let log = repo_root()
             .join("target/test-logs")
             .join(format!("{name}-{}.log", admin.port()));
         std::fs::create_dir_all(log.parent().expect("log folder")).expect("creating target/test-logs");
         let out = std::fs::File::create(&log).expect("creating the daemon log");
-        let child = Command::new(binary(name))
+        let child = Command::new(program)
             .args(args)
             .arg(format!("{addr_flag}={admin}"))
             .env_remove("KUBECONFIG")

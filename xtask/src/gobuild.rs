@@ -65,6 +65,16 @@ pub const JITSI_MEET_EXPORTER: GoProgram = GoProgram {
     ldflags: |_| String::new(),
 };
 
+/// A metacontroller webhook server evaluating the seed's jsonnet hooks with go-jsonnet (main.go of the
+/// wrapper), for the controller benchmark's metacontroller columns.
+pub const JSONNET_HOOKS: GoProgram = GoProgram {
+    wrapper: "jsonnet-hooks",
+    module: "github.com/google/go-jsonnet",
+    commands: &[("jsonnet-hooks", "jitsi-k8s.local/tools/jsonnet-hooks")],
+    tags: "",
+    ldflags: |_| String::new(),
+};
+
 /// cyclonus's NetworkPolicy engine behind a JSON interface (main.go of the wrapper), for the tests that
 /// check the rendered NetworkPolicies against SECURITY.md's matrix.
 pub const NETPOL_VERDICTS: GoProgram = GoProgram {
