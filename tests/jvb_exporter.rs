@@ -458,3 +458,21 @@ async fn legacy_names_can_be_turned_off() {
     assert!(text.contains("jitsi_conferences_created_total "));
     assert!(!text.contains("jitsi_total_conferences_created "), "{text}");
 }
+
+/// The bridge is a sidecar on localhost over plain HTTP: anything else is refused at start with one
+/// sentence and exit code 2, never a running exporter that reports the bridge down.
+#[test]
+fn a_bridge_url_that_is_not_plain_http_is_refused_at_start() {
+    for url in ["https://localhost:8080", "localhost:8080", "http://"] {
+        let output = std::process::Command::new(testbed::daemon::binary("jvb-exporter"))
+            .args([&format!("--jvb-url={url}"), "--listen=127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{url}");
+        let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains("--jvb-url") && said.contains("not a plain http:// URL"),
+            "{url}: {said}"
+        );
+    }
+}

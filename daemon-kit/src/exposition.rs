@@ -61,10 +61,14 @@ impl Sample {
     }
 }
 
+/// A family's name or help: shared, since the exporters derive both once per upstream field and
+/// reuse them at every scrape (a copy per scrape was a tenth of jvb-exporter's CPU).
+pub type Text = std::sync::Arc<str>;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Family {
-    pub name: String,
-    pub help: String,
+    pub name: Text,
+    pub help: Text,
     pub kind: Type,
     pub samples: Vec<Sample>,
 }
@@ -79,6 +83,15 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 fn write_escaped(out: &mut String, text: &str, quote: bool) {
+    // Nearly every text needs no escaping: copied whole, not character by character.
+    // (A fold without early exit: the compiler vectorizes it.)
+    let special = text.bytes().fold(false, |found, b| {
+        found | (b == b'\\') | (b == b'\n') | (quote & (b == b'"'))
+    });
+    if !special {
+        out.push_str(text);
+        return;
+    }
     for c in text.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -138,8 +151,8 @@ pub fn encode(families: &[Family], out: &mut String) {
 /// A gauge family of one unlabelled sample.
 pub fn gauge(name: &str, help: &str, value: f64) -> Family {
     Family {
-        name: name.to_owned(),
-        help: help.to_owned(),
+        name: name.into(),
+        help: help.into(),
         kind: Type::Gauge,
         samples: vec![Sample::plain(value)],
     }
@@ -148,8 +161,8 @@ pub fn gauge(name: &str, help: &str, value: f64) -> Family {
 /// `<name>{version="<version>"} 1`: which build serves these metrics.
 pub fn build_info(name: &str, version: &str) -> Family {
     Family {
-        name: name.to_owned(),
-        help: "The exporter's version".to_owned(),
+        name: name.into(),
+        help: "The exporter's version".into(),
         kind: Type::Gauge,
         samples: vec![Sample::labelled("version", version, 1.0)],
     }
@@ -176,8 +189,8 @@ pub fn errors_by_source_and_reason(
         })
         .collect();
     Family {
-        name: name.to_owned(),
-        help: help.to_owned(),
+        name: name.into(),
+        help: help.into(),
         kind: Type::Counter,
         samples,
     }

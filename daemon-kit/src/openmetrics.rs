@@ -135,8 +135,8 @@ fn finish(pending: Pending, parsed: &mut Parsed, limits: Limits, source: &str) {
                     format!("{}_total", pending.name)
                 };
                 parsed.families.push(Family {
-                    name,
-                    help,
+                    name: name.into(),
+                    help: help.into(),
                     kind: Type::Counter,
                     samples,
                 });
@@ -146,8 +146,8 @@ fn finish(pending: Pending, parsed: &mut Parsed, limits: Limits, source: &str) {
             let samples = samples(&[""]);
             if !samples.is_empty() {
                 parsed.families.push(Family {
-                    name: pending.name,
-                    help,
+                    name: pending.name.into(),
+                    help: help.into(),
                     kind: Type::Gauge,
                     samples,
                 });
@@ -173,8 +173,8 @@ fn finish(pending: Pending, parsed: &mut Parsed, limits: Limits, source: &str) {
                 .collect();
             if !samples.is_empty() {
                 parsed.families.push(Family {
-                    name: pending.name,
-                    help,
+                    name: pending.name.into(),
+                    help: help.into(),
                     kind: Type::Histogram,
                     samples,
                 });
@@ -185,8 +185,8 @@ fn finish(pending: Pending, parsed: &mut Parsed, limits: Limits, source: &str) {
             let samples = samples(&["", "_info", "_total"]);
             if !samples.is_empty() {
                 parsed.families.push(Family {
-                    name: pending.name,
-                    help,
+                    name: pending.name.into(),
+                    help: help.into(),
                     kind: Type::Untyped,
                     samples,
                 });
@@ -331,11 +331,7 @@ prosody_stats_seconds_sum 3.8e-06
 # EOF
 ";
         let parsed = parse(text, "Prosody", Limits::default());
-        let names: Vec<(&str, Type)> = parsed
-            .families
-            .iter()
-            .map(|f| (f.name.as_str(), f.kind))
-            .collect();
+        let names: Vec<(&str, Type)> = parsed.families.iter().map(|f| (&*f.name, f.kind)).collect();
         assert_eq!(
             names,
             vec![

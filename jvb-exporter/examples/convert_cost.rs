@@ -14,8 +14,8 @@ fn main() {
     let mut bytes = 0;
     let mut names = jvb_exporter::convert::NameCache::default();
     for _ in 0..rounds {
-        let stats: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).expect("json");
-        let converted = jvb_exporter::convert::convert_cached(&stats, true, &mut names);
+        let stats = jvb_exporter::convert::Fields::parse(&body).expect("a stats object");
+        let converted = jvb_exporter::convert::convert_cached(stats.iter(), true, &mut names);
         let mut out = String::with_capacity(16 * 1024);
         jvb_exporter::exposition::encode(&converted.families, &mut out);
         bytes += out.len();

@@ -26,8 +26,8 @@ impl Collector for Families {
             let (name, kind) = match family.kind {
                 // prometheus-client adds `_total` to a counter's name itself.
                 Type::Counter => (family.name.trim_end_matches("_total"), MetricType::Counter),
-                Type::Gauge => (family.name.as_str(), MetricType::Gauge),
-                Type::Untyped | Type::Histogram => (family.name.as_str(), MetricType::Unknown),
+                Type::Gauge => (&*family.name, MetricType::Gauge),
+                Type::Untyped | Type::Histogram => (&*family.name, MetricType::Unknown),
             };
             let mut metric = encoder.encode_descriptor(name, &family.help, None, kind)?;
             for sample in &family.samples {
@@ -91,8 +91,8 @@ fn main() {
     let started = Instant::now();
     let mut names = jvb_exporter::convert::NameCache::default();
     for _ in 0..rounds {
-        let stats: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).expect("json");
-        let converted = jvb_exporter::convert::convert_cached(&stats, true, &mut names);
+        let stats = jvb_exporter::convert::Fields::parse(&body).expect("a stats object");
+        let converted = jvb_exporter::convert::convert_cached(stats.iter(), true, &mut names);
         let mut out = String::with_capacity(16 * 1024);
         encode(&converted.families, &mut out);
     }

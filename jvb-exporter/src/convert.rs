@@ -1,11 +1,13 @@
 //! `/colibri/stats` JSON → metric families. Lenient by design: a field of an odd type is skipped and
 //! reported, and never costs the other fields (strict typing is what blanked every existing exporter).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 use serde_json::{Map, Value};
 
-use crate::exposition::{Family, Sample, Type, is_valid_name};
+use crate::exposition::{Family, Sample, Text, Type, is_valid_name};
 use crate::fields::{self, Kind};
 
 /// Names we emit ourselves, and the prefix of the bridge's native families: never produced from a field.
@@ -179,9 +181,9 @@ struct FieldNames {
 
 #[derive(Clone, Debug)]
 struct Derived {
-    metric: Option<(String, f64)>,
-    help: String,
-    legacy: Option<(String, String)>,
+    metric: Option<(Text, f64)>,
+    help: Text,
+    legacy: Option<(Text, Text)>,
 }
 
 impl FieldNames {
@@ -202,7 +204,7 @@ impl FieldNames {
             &mut self.gauge
         };
         slot.get_or_insert_with(|| {
-            let metric = metric_name(field, counter);
+            let metric = metric_name(field, counter).map(|(name, scale)| (Text::from(name), scale));
             let legacy = if counter {
                 // The Go exporter's name, as dashboards query it (`jitsi_total_video_stream_milliseconds_received`
                 // included, though `promtool` would rather see seconds: compatibility is the point).
@@ -211,8 +213,8 @@ impl FieldNames {
                 let usable = is_valid_name(&legacy) && !legacy.ends_with("_total");
                 match (&metric, usable) {
                     (Some((current, _)), true) => Some((
-                        legacy,
-                        format!("Deprecated old name of {current}, kept for existing dashboards"),
+                        legacy.into(),
+                        format!("Deprecated old name of {current}, kept for existing dashboards").into(),
                     )),
                     _ => None,
                 }
@@ -221,32 +223,116 @@ impl FieldNames {
             };
             Derived {
                 metric,
-                help: help(field, kind),
+                help: help(field, kind).into(),
                 legacy,
             }
         })
     }
 }
 
+/// The top-level fields of a stats object in key order (as a map would iterate them), their names
+/// borrowed from the body: a map of owned keys cost an allocation per field at every scrape.
+#[derive(Debug, Default, PartialEq)]
+pub struct Fields<'a>(pub Vec<(Cow<'a, str>, Value)>);
+
+/// Why a body is not a stats object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotStats {
+    NotJson,
+    NotAnObject,
+}
+
+impl<'a> Fields<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<Self, NotStats> {
+        let mut fields: Fields<'a> = serde_json::from_slice(body).map_err(|error| {
+            if error.is_data() {
+                NotStats::NotAnObject
+            } else {
+                NotStats::NotJson
+            }
+        })?;
+        fields.0.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // A repeated key counts once, its last value, as in a map.
+        fields.0.reverse();
+        fields.0.dedup_by(|later, earlier| later.0 == earlier.0);
+        fields.0.reverse();
+        Ok(fields)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(name, value)| (name.as_ref(), value))
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(128));
+                while let Some((Key(name), value)) = map.next_entry::<Key<'a>, Value>()? {
+                    fields.push((name, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// A key borrowed from the body when it has no escapes (every real one), else owned.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(name)))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(name.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
 /// Converts one stats object. `legacy_names` also emits the old names of cumulative fields
 /// (`jitsi_total_conferences_created`, ...) as untyped, for the dashboards operators already have.
 pub fn convert(stats: &Map<String, Value>, legacy_names: bool) -> Converted {
-    convert_cached(stats, legacy_names, &mut NameCache::default())
+    let fields = stats.iter().map(|(name, value)| (name.as_str(), value));
+    convert_cached(fields, legacy_names, &mut NameCache::default())
 }
 
 /// [`convert`], reusing the names derived at earlier scrapes.
-pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mut NameCache) -> Converted {
+pub fn convert_cached<'s>(
+    stats: impl IntoIterator<Item = (&'s str, &'s Value)>,
+    legacy_names: bool,
+    cache: &mut NameCache,
+) -> Converted {
+    let stats = stats.into_iter();
     let mut converted = Converted::default();
-    converted.families.reserve(stats.len() * 2);
-    let mut emitted: HashSet<String> = HashSet::with_capacity(stats.len() * 2);
+    converted.families.reserve(stats.size_hint().0 * 2);
+    // Names emitted so far, by hash (no copy of each name): a hash seen before is checked against the
+    // families themselves, so two names sharing a hash are both kept.
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
+    let mut emitted: HashSet<u64> = HashSet::with_capacity(converted.families.capacity());
     let mut push = |converted: &mut Converted, family: Family| {
-        if emitted.contains(&family.name) {
-            false
-        } else {
-            emitted.insert(family.name.clone());
+        let seen = !emitted.insert(hasher.hash_one(&family.name))
+            && converted.families.iter().any(|f| f.name == family.name);
+        if !seen {
             converted.families.push(family);
-            true
         }
+        !seen
     };
     let mut uncached;
     let mut unknown_families = 0usize;
@@ -254,10 +340,12 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
         if value.is_null() {
             continue;
         }
-        let names = if cache.fields.contains_key(field.as_str()) || cache.fields.len() < CACHE_LIMIT {
+        let names = if cache.fields.contains_key(field) {
+            cache.fields.get_mut(field).expect("just looked up")
+        } else if cache.fields.len() < CACHE_LIMIT {
             cache
                 .fields
-                .entry(field.clone())
+                .entry(field.to_owned())
                 .or_insert_with(|| FieldNames::new(field))
         } else {
             uncached = FieldNames::new(field);
@@ -343,8 +431,8 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
                 push(
                     &mut converted,
                     Family {
-                        name: format!("jitsi_{label}_info"),
-                        help: format!("The bridge's {field}, as a label"),
+                        name: format!("jitsi_{label}_info").into(),
+                        help: format!("The bridge's {field}, as a label").into(),
                         kind: Type::Gauge,
                         samples: vec![Sample::labelled(&label, text, 1.0)],
                     },
@@ -371,8 +459,8 @@ pub fn convert_cached(stats: &Map<String, Value>, legacy_names: bool, cache: &mu
                 push(
                     &mut converted,
                     Family {
-                        name: "jitsi_conference_sizes".to_owned(),
-                        help: "Conferences by number of participants (older bridges only)".to_owned(),
+                        name: "jitsi_conference_sizes".into(),
+                        help: "Conferences by number of participants (older bridges only)".into(),
                         kind: Type::Gauge,
                         samples,
                     },
@@ -389,11 +477,34 @@ mod tests {
     use serde_json::json;
 
     fn names(converted: &Converted) -> Vec<(&str, Type)> {
-        converted
-            .families
-            .iter()
-            .map(|f| (f.name.as_str(), f.kind))
-            .collect()
+        converted.families.iter().map(|f| (&*f.name, f.kind)).collect()
+    }
+
+    #[test]
+    fn fields_parsed_from_a_body_convert_as_the_map_would() {
+        for body in [
+            include_str!("../../testdata/colibri/2020-jvb-2.1.169-idle.json"),
+            include_str!("../../testdata/colibri/2026-jvb-2.3.63-relay.json"),
+            // An escaped name (owned, not borrowed) and a repeated one (the last value counts).
+            r#"{"total_conferences_created": 1, "b\u0069trate_download": 5, "total_conferences_created": 7}"#,
+        ] {
+            let map: Map<String, Value> = serde_json::from_str(body).unwrap();
+            let fields = Fields::parse(body.as_bytes()).unwrap();
+            assert_eq!(fields.0.len(), map.len());
+            let mut cache = NameCache::default();
+            assert_eq!(
+                convert_cached(fields.iter(), true, &mut cache),
+                convert(&map, true)
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_no_stats_object_says_why() {
+        assert_eq!(Fields::parse(b"<html>404</html>"), Err(NotStats::NotJson));
+        assert_eq!(Fields::parse(b"{\"truncated\": "), Err(NotStats::NotJson));
+        assert_eq!(Fields::parse(b"[1, 2]"), Err(NotStats::NotAnObject));
+        assert_eq!(Fields::parse(b"\"text\""), Err(NotStats::NotAnObject));
     }
 
     fn object(value: Value) -> Map<String, Value> {
@@ -499,7 +610,7 @@ mod tests {
             converted
                 .families
                 .iter()
-                .any(|family| family.name == "jitsi_conferences")
+                .any(|family| &*family.name == "jitsi_conferences")
         );
         assert_eq!(converted.skipped.len(), 5000 - MAX_UNKNOWN_FIELDS);
         assert!(
@@ -520,13 +631,13 @@ mod tests {
             })),
             true,
         );
-        let names: Vec<&str> = converted.families.iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<&str> = converted.families.iter().map(|f| &*f.name).collect();
         assert!(!names.contains(&"jitsi_version_info") && names.contains(&"jitsi_region_info"));
         assert_eq!(converted.skipped, vec!["label_too_long"]);
         let sizes = converted
             .families
             .iter()
-            .find(|f| f.name == "jitsi_conference_sizes")
+            .find(|f| &*f.name == "jitsi_conference_sizes")
             .unwrap();
         assert_eq!(sizes.samples.len(), 2, "only <n>_to_<m> ranges become labels");
     }

@@ -19,8 +19,8 @@ fn main() -> ExitCode {
     ) {
         Ok(exporter) => exporter,
         Err(error) => {
-            tracing::error!("cannot build the HTTP client: {error}");
-            return ExitCode::FAILURE;
+            tracing::error!("--jvb-url: {error}");
+            return ExitCode::from(2);
         }
     };
     // One thread (daemon-kit's choice): a thread pool cost more CPU per scrape than it saved (measured with

@@ -2,16 +2,17 @@
 //! convert, encode. Failures become `jitsi_up 0` and a counted reason, never an error response.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use daemon_kit::exporter::{ErrorCounts, FetchError, SingleFlight, Upstream};
-use serde_json::{Map, Value};
+use axum::http::Uri;
+use daemon_kit::exporter::{ErrorCounts, FetchError, InvalidUrl, SingleFlight, Upstream};
 
 use crate::cli::Source;
 use crate::convert::SKIPPED_REASONS;
-use crate::convert::{NameCache, convert_cached};
+use crate::convert::{Fields, NameCache, NotStats, convert_cached};
 use crate::exposition::{Family, Sample, Type, build_info, encode, gauge};
 use daemon_kit::openmetrics;
 
@@ -83,8 +84,8 @@ impl From<FetchError> for Reason {
 #[derive(Debug)]
 pub struct Exporter {
     upstream: Upstream,
-    stats_url: String,
-    native_url: String,
+    stats_url: Uri,
+    native_url: Uri,
     source: Source,
     legacy_names: bool,
     scrape_errors: ErrorCounts,
@@ -93,6 +94,8 @@ pub struct Exporter {
     skipped: Mutex<BTreeMap<&'static str, u64>>,
     names: Mutex<NameCache>,
     in_flight: SingleFlight<Bytes>,
+    /// The size of the last exposition, in bytes.
+    last_size: AtomicUsize,
 }
 
 const ACCEPT_TEXT: &str = "text/plain; version=0.0.4";
@@ -104,12 +107,12 @@ impl Exporter {
         body_limit: usize,
         source: Source,
         legacy_names: bool,
-    ) -> Result<Arc<Self>, reqwest::Error> {
+    ) -> Result<Arc<Self>, InvalidUrl> {
         let base = jvb_url.trim_end_matches('/');
         Ok(Arc::new(Self {
-            upstream: Upstream::new(timeout, body_limit)?,
-            stats_url: format!("{base}/colibri/stats"),
-            native_url: format!("{base}/metrics"),
+            upstream: Upstream::new(timeout, body_limit),
+            stats_url: Upstream::url(&format!("{base}/colibri/stats"))?,
+            native_url: Upstream::url(&format!("{base}/metrics"))?,
             source,
             legacy_names,
             scrape_errors: ErrorCounts::default(),
@@ -117,6 +120,7 @@ impl Exporter {
             skipped: Mutex::default(),
             names: Mutex::default(),
             in_flight: SingleFlight::default(),
+            last_size: AtomicUsize::new(0),
         }))
     }
 
@@ -142,19 +146,31 @@ impl Exporter {
         // endpoint has its own `jitsi_native_up`, so a bridge whose native metrics fail is not "down".
         let mut up = None;
         let mut native_up = None;
-        let mut out = String::with_capacity(16 * 1024);
+        // As large as the last exposition: the text is not copied as it grows.
+        let mut out = String::with_capacity(self.last_size.load(Ordering::Relaxed).max(16 * 1024));
         if let Some(result) = colibri {
             match result {
-                Ok(stats) => {
-                    let converted = {
-                        let mut names = self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                        convert_cached(&stats, self.legacy_names, &mut names)
-                    };
-                    self.count_field_errors(&converted.field_errors);
-                    self.count_skipped(&converted.skipped);
-                    encode(&converted.families, &mut out);
-                    up = Some(true);
-                }
+                Ok(body) => match Fields::parse(&body) {
+                    Ok(stats) => {
+                        let converted = {
+                            let mut names =
+                                self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                            convert_cached(stats.iter(), self.legacy_names, &mut names)
+                        };
+                        self.count_field_errors(&converted.field_errors);
+                        self.count_skipped(&converted.skipped);
+                        encode(&converted.families, &mut out);
+                        up = Some(true);
+                    }
+                    Err(not_stats) => {
+                        up = Some(false);
+                        let reason = match not_stats {
+                            NotStats::NotJson => Reason::NotJson,
+                            NotStats::NotAnObject => Reason::NotAnObject,
+                        };
+                        self.count_scrape_error("colibri", reason);
+                    }
+                },
                 Err(reason) => {
                     up = Some(false);
                     self.count_scrape_error("colibri", reason);
@@ -184,16 +200,13 @@ impl Exporter {
             &self.own_families(up, native_up, started.elapsed().as_secs_f64()),
             &mut out,
         );
+        self.last_size.store(out.len(), Ordering::Relaxed);
         out
     }
 
-    async fn fetch_stats(&self) -> Result<Map<String, Value>, Reason> {
-        let fetched = self.upstream.get(&self.stats_url, None).await?;
-        match serde_json::from_slice::<Value>(&fetched.body) {
-            Ok(Value::Object(stats)) => Ok(stats),
-            Ok(_) => Err(Reason::NotAnObject),
-            Err(_) => Err(Reason::NotJson),
-        }
+    /// The body of `/colibri/stats`, parsed by the caller (its field names borrow from it).
+    async fn fetch_stats(&self) -> Result<Bytes, Reason> {
+        Ok(self.upstream.get(&self.stats_url, None).await?.body)
     }
 
     async fn fetch_native(&self) -> Result<String, Reason> {
@@ -292,8 +305,8 @@ impl Exporter {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         families.push(Family {
-            name: "jitsi_exporter_skipped_total".to_owned(),
-            help: "What the bridge sent and was left out to keep the output bounded, by reason".to_owned(),
+            name: "jitsi_exporter_skipped_total".into(),
+            help: "What the bridge sent and was left out to keep the output bounded, by reason".into(),
             kind: Type::Counter,
             samples: SKIP_REASONS
                 .iter()
@@ -309,9 +322,8 @@ impl Exporter {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !field_errors.is_empty() {
             families.push(Family {
-                name: "jitsi_exporter_field_errors_total".to_owned(),
-                help: "Stats fields skipped for an unexpected type, by field (known names, or other)"
-                    .to_owned(),
+                name: "jitsi_exporter_field_errors_total".into(),
+                help: "Stats fields skipped for an unexpected type, by field (known names, or other)".into(),
                 kind: Type::Counter,
                 samples: field_errors
                     .iter()

@@ -61,8 +61,8 @@ pub fn parse(body: &Value) -> Option<Census> {
 
 pub fn families(census: &Census) -> Vec<Family> {
     let gauge = |name: &str, help: &str, value: u64| Family {
-        name: name.to_owned(),
-        help: help.to_owned(),
+        name: name.into(),
+        help: help.into(),
         kind: Type::Gauge,
         samples: vec![Sample::plain(value as f64)],
     };
@@ -105,8 +105,8 @@ pub fn families(census: &Census) -> Vec<Family> {
             census.leaked_rooms,
         ),
         Family {
-            name: "jitsi_prosody_room_participants".to_owned(),
-            help: "Rooms by number of participants".to_owned(),
+            name: "jitsi_prosody_room_participants".into(),
+            help: "Rooms by number of participants".into(),
             kind: Type::Histogram,
             samples: buckets,
         },

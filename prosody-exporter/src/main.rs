@@ -21,8 +21,8 @@ fn main() -> ExitCode {
     ) {
         Ok(exporter) => Arc::new(exporter),
         Err(error) => {
-            tracing::error!("cannot build the HTTP client: {error}");
-            return ExitCode::FAILURE;
+            tracing::error!("--prosody-url: {error}");
+            return ExitCode::from(2);
         }
     };
     daemon_kit::run_http_daemon(cli.listen, cli.connections.limits(), |readiness| {

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use daemon_kit::exporter::{ErrorCounts, FetchError, SingleFlight, Upstream};
+use axum::http::Uri;
+use daemon_kit::exporter::{ErrorCounts, FetchError, InvalidUrl, SingleFlight, Upstream};
 use daemon_kit::exposition::{Family, Sample, Type, build_info, encode, gauge};
 
 use crate::census;
@@ -78,8 +79,8 @@ impl From<FetchError> for Reason {
 #[derive(Debug)]
 pub struct Exporter {
     upstream: Upstream,
-    metrics_url: String,
-    census_url: Option<String>,
+    metrics_url: Uri,
+    census_url: Option<Uri>,
     errors: ErrorCounts,
     skipped_lines: AtomicU64,
     skipped_families: AtomicU64,
@@ -93,13 +94,13 @@ impl Exporter {
         census_path: Option<&str>,
         timeout: Duration,
         body_limit: usize,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, InvalidUrl> {
         let base = prosody_url.trim_end_matches('/');
-        let path = |p: &str| format!("{base}/{}", p.trim_start_matches('/'));
+        let path = |p: &str| Upstream::url(&format!("{base}/{}", p.trim_start_matches('/')));
         Ok(Self {
-            upstream: Upstream::new(timeout, body_limit)?,
-            metrics_url: path(metrics_path),
-            census_url: census_path.map(path),
+            upstream: Upstream::new(timeout, body_limit),
+            metrics_url: path(metrics_path)?,
+            census_url: census_path.map(path).transpose()?,
             errors: ErrorCounts::default(),
             skipped_lines: AtomicU64::new(0),
             skipped_families: AtomicU64::new(0),
@@ -173,7 +174,7 @@ impl Exporter {
         out
     }
 
-    async fn fetch(&self, url: &str) -> Result<Bytes, Reason> {
+    async fn fetch(&self, url: &Uri) -> Result<Bytes, Reason> {
         Ok(self.upstream.get(url, None).await?.body)
     }
 
@@ -213,14 +214,14 @@ impl Exporter {
                 &Reason::ALL.map(Reason::as_str),
             ),
             Family {
-                name: "prosody_exporter_skipped_families_total".to_owned(),
-                help: "Families of Prosody's metrics left out beyond the limit".to_owned(),
+                name: "prosody_exporter_skipped_families_total".into(),
+                help: "Families of Prosody's metrics left out beyond the limit".into(),
                 kind: Type::Counter,
                 samples: vec![Sample::plain(skipped_families as f64)],
             },
             Family {
-                name: "prosody_exporter_skipped_lines_total".to_owned(),
-                help: "Lines of Prosody's metrics that did not parse and were left out".to_owned(),
+                name: "prosody_exporter_skipped_lines_total".into(),
+                help: "Lines of Prosody's metrics that did not parse and were left out".into(),
                 kind: Type::Counter,
                 samples: vec![Sample::plain(skipped as f64)],
             },

@@ -128,6 +128,18 @@ impl Group {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process ended within `grace` (a server that cannot bind its port exits at once).
+    fn exits_within(&mut self, grace: Duration) -> bool {
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     fn stop(&mut self) {
         let group = format!("-{}", self.child.id());
         // The group may be gone already (dnsmasq restarted): nothing to report then.
@@ -268,21 +280,40 @@ pub struct Dns {
 
 impl Dns {
     pub fn start(domain: &str, web_pods: &[&ShardWeb], work_dir: &Path) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port().expect("a free port"))
-            .parse()
-            .expect("address");
         let mut dns = Dns {
-            addr,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             domain: domain.to_owned(),
             work_dir: work_dir.to_owned(),
             process: None,
         };
-        dns.serve(web_pods);
-        dns
+        // dnsmasq listens on TCP and UDP at its port: a port free for UDP may be taken for TCP, or
+        // taken by another test between our look and dnsmasq's bind. It exits at once then: try another.
+        for _ in 0..10 {
+            dns.addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_and_udp_port()));
+            if dns.try_serve(web_pods) {
+                return dns;
+            }
+        }
+        panic!(
+            "dnsmasq could not listen on any of 10 ports: {}",
+            std::fs::read_to_string(work_dir.join("dnsmasq.log")).unwrap_or_default()
+        );
     }
 
     /// Restarts dnsmasq on the same port with these web pods only.
     pub fn serve(&mut self, web_pods: &[&ShardWeb]) {
+        // The port was ours a moment ago; another test may take it in between, rarely: try a few times.
+        for _ in 0..5 {
+            if self.try_serve(web_pods) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("dnsmasq could not listen on {} again", self.addr);
+    }
+
+    /// Starts dnsmasq; false when it exited at once (its port taken).
+    fn try_serve(&mut self, web_pods: &[&ShardWeb]) -> bool {
         if let Some(mut old) = self.process.take() {
             old.stop();
         }
@@ -310,7 +341,22 @@ impl Dns {
             "PATH",
             format!("/usr/sbin:/sbin:{}", std::env::var("PATH").unwrap_or_default()),
         );
-        self.process = Some(Group::spawn(command, self.work_dir.join("dnsmasq.log")));
+        let mut process = Group::spawn(command, self.work_dir.join("dnsmasq.log"));
+        if process.exits_within(Duration::from_millis(300)) {
+            return false;
+        }
+        self.process = Some(process);
+        true
+    }
+}
+
+/// A loopback port free for both TCP and UDP at the time of asking.
+fn free_tcp_and_udp_port() -> u16 {
+    loop {
+        let port = free_udp_port().expect("a free port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
