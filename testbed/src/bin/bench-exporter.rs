@@ -99,7 +99,8 @@ fn jvb(duration: Duration, go: Option<&Path>, go_missing: Option<&str>) -> Resul
         "# jvb-exporter benchmark\n\nMachine: {}.\n\
          For each recorded bridge era in `testdata/colibri/`: a keep-alive HTTP server replays its \
          `/colibri/stats`; each exporter is scraped with `wrk -t1 -c1 -d{}s --latency` on `/metrics`, one \
-         after the other, in the same run.\n\n\
+         after the other, in the same run. Ours is the release build as the image builds it \
+         (`cargo build --release -p jvb-exporter`), the Go exporter built with `CGO_ENABLED=0 go build`.\n\n\
          | stats era | measure | ours | Go exporter | ours / Go |\n|---|---|---|---|---|\n",
         machine_line(),
         duration.as_secs()
