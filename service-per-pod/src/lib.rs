@@ -9,6 +9,7 @@
 //! [`leader::decide`] is its pure takeover decision; [`runtime`] wires it all together.
 
 pub mod annotations;
+pub mod cached_pod;
 pub mod cli;
 pub mod desired;
 pub mod grants;

@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use daemon_kit::admin::Readiness;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -19,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::annotations::{self, Expose, OptIn};
+use crate::cached_pod::CachedPod;
 use crate::desired::{self, Claim, DesiredService, Limits, PodView, SetKey, SetView};
 use crate::leader::Leadership;
 use crate::metrics::{Category, Metrics, Verb};
@@ -103,7 +104,7 @@ pub struct Context {
     pub writer: Client,
     pub statefulsets: Store<StatefulSet>,
     pub services: Store<Service>,
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// The EndpointSlices of `LoadBalancer` mode (ours only).
     pub slices: Store<EndpointSlice>,
     pub limits: Limits,
@@ -134,7 +135,7 @@ impl std::fmt::Debug for Context {
 pub struct Caches {
     pub statefulsets: Store<StatefulSet>,
     pub services: Store<Service>,
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub slices: Store<EndpointSlice>,
     pub synced: Readiness,
 }
@@ -246,18 +247,13 @@ struct Snapshot {
 
 /// Where a pod is reached and whether it serves, as its EndpointSlice says it (what the EndpointSlice
 /// controller would write for a selector): ready = Ready and not terminating; serving = Ready.
-fn endpoint_of(pod: &Pod) -> Option<crate::public::Endpoint> {
-    let status = pod.status.as_ref()?;
-    let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
-    let is_ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+fn endpoint_of(pod: &CachedPod) -> Option<crate::public::Endpoint> {
+    let ip = pod.status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+    let is_ready = pod.is_ready();
     let terminating = pod.metadata.deletion_timestamp.is_some();
     Some(crate::public::Endpoint {
         ip,
-        node: pod.spec.as_ref().and_then(|spec| spec.node_name.clone()),
+        node: pod.spec.node_name.clone(),
         ready: is_ready && !terminating,
         serving: is_ready,
         terminating,

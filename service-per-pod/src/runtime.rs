@@ -9,7 +9,7 @@ use daemon_kit::shutdown::Shutdown;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -18,6 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 
+use crate::cached_pod::CachedPod;
 use crate::cli::Cli;
 use crate::desired::{Limits, MANAGED_SELECTOR};
 use crate::grants::Grants;
@@ -138,7 +139,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let (statefulsets, services, pods, slices): (
         Api<StatefulSet>,
         Api<Service>,
-        Api<Pod>,
+        Api<CachedPod>,
         Api<EndpointSlice>,
     ) = match cli.namespace.as_deref() {
         Some(namespace) => (
@@ -191,7 +192,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         // condition. The rest (containers, most of its status) is dropped as it arrives.
         caches.track(
             watcher(pods, watcher::Config::default().labels(STATEFULSET_POD_SELECTOR))
-                .modify(slim_pod)
+                .modify(CachedPod::slim)
                 .default_backoff(),
         ),
     )
@@ -219,7 +220,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             let set = slice.labels().get(crate::desired::STATEFULSET_LABEL)?;
             Some(ObjectRef::<StatefulSet>::new(set).within(&namespace))
         })
-        .watches_stream(pod_stream, |pod: Pod| {
+        .watches_stream(pod_stream, |pod: CachedPod| {
             let namespace = pod.namespace()?;
             let owner = pod
                 .owner_references()
@@ -357,24 +358,6 @@ fn host_name() -> String {
         })
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "service-per-pod".to_owned())
-}
-
-/// A pod as the controller keeps it: metadata, node, IP and Ready condition.
-fn slim_pod(pod: &mut Pod) {
-    slim(pod);
-    let node_name = pod.spec.as_mut().and_then(|spec| spec.node_name.take());
-    pod.spec = Some(PodSpec {
-        node_name,
-        ..PodSpec::default()
-    });
-    let status = pod.status.take().unwrap_or_default();
-    pod.status = Some(PodStatus {
-        pod_ip: status.pod_ip,
-        conditions: status
-            .conditions
-            .map(|conditions| conditions.into_iter().filter(|c| c.type_ == "Ready").collect()),
-        ..PodStatus::default()
-    });
 }
 
 /// Drops what the caches hold but the controller never reads: managedFields are the largest part of most
