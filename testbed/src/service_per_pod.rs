@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -156,27 +156,14 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("scaling StatefulSet {name}: {e}"));
     }
 
-    /// Holds pod `name` Terminating once deleted (a finalizer), as a bridge's preStop hook does while
-    /// calls remain.
+    /// Holds pod `name` Terminating once deleted; see [`hold_terminating`].
     pub async fn hold_terminating(&self, name: &str) {
-        self.set_finalizers(name, json!([DRAINING])).await;
+        hold_terminating(&self.namespace.api(), name).await;
     }
 
     /// Lets a held pod go.
     pub async fn release(&self, name: &str) {
-        self.set_finalizers(name, Value::Null).await;
-    }
-
-    async fn set_finalizers(&self, name: &str, finalizers: Value) {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = self.namespace.api();
-        let patch = json!({ "metadata": { "finalizers": finalizers } });
-        pods.patch(
-            name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(patch),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("setting the finalizers of pod {name}: {e}"));
+        release(&self.namespace.api(), name).await;
     }
 
     pub fn services(&self) -> Api<Service> {
@@ -307,6 +294,28 @@ impl Fixture {
         )
         .await
     }
+}
+
+/// Holds pod `name` Terminating once deleted (a finalizer), as a bridge's preStop hook does while
+/// calls remain.
+pub async fn hold_terminating(pods: &Api<Pod>, name: &str) {
+    set_finalizers(pods, name, json!([DRAINING])).await;
+}
+
+/// Lets a pod held by [`hold_terminating`] go.
+pub async fn release(pods: &Api<Pod>, name: &str) {
+    set_finalizers(pods, name, Value::Null).await;
+}
+
+async fn set_finalizers(pods: &Api<Pod>, name: &str, finalizers: Value) {
+    let patch = json!({ "metadata": { "finalizers": finalizers } });
+    pods.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("setting the finalizers of pod {name}: {e}"));
 }
 
 /// Every write the controller has made (Services and EndpointSlices, by any verb).

@@ -2,10 +2,10 @@
 //! tuned) and the floor (Services created directly) with 24 StatefulSets × 100 pods each, on one fresh
 //! local control plane. The measuring is `testbed/src/bin/bench-controller/`; this builds what it runs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::bench::{build_release, run_program, without_hosts};
 use crate::paths::Paths;
@@ -66,7 +66,9 @@ fn metacontroller(paths: &Paths) -> Result<Metacontroller, String> {
             (source, crds)
         }
         None => {
-            let source = download(METACONTROLLER).map_err(|e| {
+            let scratch = std::env::temp_dir().join("jitsi-k8s-go-download");
+            let _ = std::fs::create_dir_all(&scratch);
+            let source = gobuild::module_source_dir(&scratch, METACONTROLLER, "latest").map_err(|e| {
                 format!(
                     "no source snapshot ({} is not set) and the Go module proxy refused the module:\n\n```\n{}\n```",
                     anchors::ANCHORS,
@@ -92,30 +94,4 @@ fn metacontroller(paths: &Paths) -> Result<Metacontroller, String> {
         .map(|dir| dir.join("jsonnet-hooks"))
         .map_err(|e| format!("the jsonnet hook server could not be built: {e:#}"))?;
     Ok(Metacontroller { binary, crds, hooks })
-}
-
-/// Downloads the newest version of `module` and returns its source folder.
-fn download(module: &str) -> Result<PathBuf> {
-    let scratch = std::env::temp_dir().join("jitsi-k8s-go-download");
-    std::fs::create_dir_all(&scratch)?;
-    let output = Command::new("go")
-        .current_dir(&scratch)
-        .args(["mod", "download", "-json", &format!("{module}@latest")])
-        .output()
-        .context("running go (is Go installed?)")?;
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    if let Some(error) = answer["Error"].as_str() {
-        bail!("go mod download {module}@latest\n{error}");
-    }
-    if !output.status.success() {
-        bail!(
-            "go mod download {module}@latest: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let dir = answer["Dir"]
-        .as_str()
-        .map(Path::new)
-        .context("go mod download named no folder")?;
-    Ok(dir.to_path_buf())
 }

@@ -12,6 +12,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use testbed::eventually;
 use testbed::measure::{apiserver_writes, percentile, signed_ms, usage};
+use testbed::service_per_pod::{hold_terminating, release};
 
 use crate::Sizes;
 use crate::subject::{Running, create_services, floor_service};
@@ -147,14 +148,6 @@ async fn scale(run: &Running, name: &str, replicas: usize) {
         .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .unwrap_or_else(|e| panic!("scaling {name}: {e}"));
-}
-
-async fn set_pod_finalizers(run: &Running, pod: &str, finalizers: serde_json::Value) {
-    let pods: Api<Pod> = run.namespace.api();
-    let patch = json!({ "metadata": { "finalizers": finalizers } });
-    pods.patch(pod, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap_or_else(|e| panic!("setting the finalizers of {pod}: {e}"));
 }
 
 pub async fn measure(run: &mut Running, sizes: Sizes) -> Figures {
@@ -358,9 +351,9 @@ pub async fn measure(run: &mut Running, sizes: Sizes) -> Figures {
 /// `hold` scaled 3 → 1 while pod `hold-2` is held Terminating: what becomes of its Service.
 async fn drain(run: &Running) -> String {
     let draining = format!("{HOLD}-2");
-    set_pod_finalizers(run, &draining, json!(["jitsi-k8s.test/draining"])).await;
-    scale(run, HOLD, 1).await;
     let pods: Api<Pod> = run.namespace.api();
+    hold_terminating(&pods, &draining).await;
+    scale(run, HOLD, 1).await;
     eventually(
         "hold-2 Terminating and hold-1 gone",
         Duration::from_secs(120),
@@ -378,7 +371,7 @@ async fn drain(run: &Running) -> String {
         .await
         .expect("reading the Service")
         .is_some();
-    set_pod_finalizers(run, &draining, serde_json::Value::Null).await;
+    release(&pods, &draining).await;
     eventually("hold-2 gone", Duration::from_secs(60), || async {
         pods.get_opt(&draining).await.ok()?.is_none().then_some(())
     })

@@ -2,7 +2,6 @@
 //! one cluster, and the StatefulSets each expects.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
@@ -275,17 +274,8 @@ async fn start_metacontroller(build: &Metacontroller, tuned: bool) -> (Daemon, D
     (controller, hooks)
 }
 
+/// Runs kubectl as the admin; panics with its words when it fails.
 fn kubectl(args: &[&str], stdin: Option<&str>) {
-    testbed::use_cluster();
-    let output = local_cluster::process::output_with_stdin(
-        Command::new("kubectl").args(args),
-        stdin.unwrap_or_default().as_bytes(),
-    )
-    .expect("running kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (ok, _, said) = testbed::manifests::kubectl(args, stdin.unwrap_or_default());
+    assert!(ok, "kubectl {}: {said}", args.join(" "));
 }
