@@ -574,6 +574,8 @@ status:
   addresses:
   - type: InternalIP
     address: {ip}
+  - type: Hostname
+    address: {name}
   allocatable: {{cpu: \"32\", memory: 128Gi, pods: \"1000\"}}
   capacity: {{cpu: \"32\", memory: 128Gi, pods: \"1000\"}}
 "
@@ -584,34 +586,15 @@ status:
 
 fn create_nodes(paths: &Paths) -> Result<()> {
     // `create`, not `apply`: a Node's status is kept on create only, and KWOK keeps the capacity it
-    // finds there.
+    // finds there. Both addresses must be there from the start: KWOK's node-initialize stage renders
+    // a node that lacks one of them into a patch that wipes `status.addresses` (seen: kube-router
+    // then found no InternalIP and exited), and that patch may land after any repair of ours.
     kubectl_owned(
         paths,
         &["create".to_owned(), "--filename=-".to_owned()],
         Some(&nodes_yaml()),
     )
     .context("creating the fake Nodes")?;
-    // The API server drops addresses given on create; KWOK keeps those set afterwards. kube-proxy, the
-    // pods' hostIP and jvb-startup read them.
-    for node in NODES {
-        let addresses = serde_json::json!({ "status": { "addresses": [
-            { "type": "InternalIP", "address": node.ip.to_string() },
-            { "type": "Hostname", "address": node.name },
-        ] } });
-        kubectl_owned(
-            paths,
-            &[
-                "patch".to_owned(),
-                "node".to_owned(),
-                node.name.to_owned(),
-                "--subresource=status".to_owned(),
-                "--type=merge".to_owned(),
-                format!("--patch={addresses}"),
-            ],
-            None,
-        )
-        .with_context(|| format!("setting the addresses of {}", node.name))?;
-    }
     Ok(())
 }
 
@@ -627,6 +610,26 @@ fn wait_for_nodes(paths: &Paths, state: &State) -> Result<()> {
             log_tail(&kwok.log, 20)
         )
     })?;
+    // kube-proxy, kube-router, the pods' hostIP and jvb-startup all read the InternalIP.
+    let listed = kubectl(
+        paths,
+        &[
+            "get",
+            "nodes",
+            "--output=jsonpath={range .items[*]}{.metadata.name}={.status.addresses[?(@.type==\"InternalIP\")].address}{\"\\n\"}{end}",
+        ],
+    )?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for node in NODES {
+        let expected = format!("{}={}", node.name, node.ip);
+        ensure!(
+            listed.lines().any(|line| line == expected),
+            "node {} does not carry its InternalIP {} after start-up (nodes: {})",
+            node.name,
+            node.ip,
+            listed.trim().replace('\n', ", ")
+        );
+    }
     Ok(())
 }
 
