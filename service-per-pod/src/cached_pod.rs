@@ -3,9 +3,15 @@
 //! strings) and parses every container of every pod event; with 2 400 bridges that was a third of the
 //! controller's memory.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
+
+/// The label the StatefulSet controller puts the pod's ordinal in (Kubernetes 1.28 and later; older
+/// pods fall back to their name).
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct CachedPod {
@@ -49,9 +55,26 @@ impl CachedPod {
             .any(|condition| condition.type_ == "Ready" && condition.status == "True")
     }
 
-    /// Drops what the cache never reads: managed fields, conditions other than Ready.
+    /// Keeps what the controller reads: name, namespace, UID, owners, deletion state, the pod-index label
+    /// and the base-port annotation, the Ready condition. Other labels and annotations (every chart and
+    /// mesh adds some), managed fields and the other conditions are dropped as they arrive.
     pub fn slim(&mut self) {
-        self.metadata.managed_fields = None;
+        let metadata = std::mem::take(&mut self.metadata);
+        let keep = |map: Option<BTreeMap<String, String>>, key: &str| {
+            map.and_then(|mut map| map.remove_entry(key))
+                .map(|entry| BTreeMap::from([entry]))
+        };
+        self.metadata = ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            resource_version: metadata.resource_version,
+            labels: keep(metadata.labels, POD_INDEX_LABEL),
+            annotations: keep(metadata.annotations, crate::annotations::BASE_PORT),
+            owner_references: metadata.owner_references,
+            deletion_timestamp: metadata.deletion_timestamp,
+            ..ObjectMeta::default()
+        };
         self.status
             .conditions
             .retain(|condition| condition.type_ == "Ready");
@@ -88,7 +111,10 @@ mod tests {
         let pod = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": "jvb-0", "namespace": "jitsi", "uid": "u1",
-                "labels": { "apps.kubernetes.io/pod-index": "0" },
+                "labels": { "apps.kubernetes.io/pod-index": "0", "app": "jvb", "controller-revision-hash": "jvb-1" },
+                "annotations": { "service-per-pod/base-port": "30300", "prometheus.io/scrape": "true" },
+                "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "jvb", "uid": "s1", "controller": true }],
+                "generateName": "jvb-",
                 "managedFields": [{ "manager": "kubelet", "operation": "Update" }] },
             "spec": { "nodeName": "node-1", "containers": [{ "name": "jvb", "image": "jitsi/jvb" }] },
             "status": { "podIP": "10.0.0.5", "phase": "Running", "conditions": [
@@ -102,6 +128,17 @@ mod tests {
         assert!(cached.is_ready());
         assert_eq!(cached.status.conditions.len(), 1);
         assert!(cached.metadata.managed_fields.is_none());
+        assert_eq!(
+            cached.metadata.labels,
+            Some(BTreeMap::from([(POD_INDEX_LABEL.to_owned(), "0".to_owned())]))
+        );
+        assert_eq!(
+            crate::annotations::pod_base_port(cached.metadata.annotations.as_ref().unwrap()),
+            Some(30300)
+        );
+        assert_eq!(cached.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert_eq!(cached.metadata.owner_references.as_ref().unwrap()[0].name, "jvb");
+        assert!(cached.metadata.generate_name.is_none());
         // A pod just created has neither status nor node.
         let fresh: CachedPod =
             serde_json::from_value(serde_json::json!({ "metadata": { "name": "jvb-1" } })).unwrap();

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
@@ -603,6 +604,34 @@ pub fn repair_patch(desired: &DesiredService, set: &SetKey, owner_uid: &str, act
     manifest
 }
 
+/// Keeps of a Service what the controller compares, repairs and deletes by: name, namespace, UID,
+/// version, labels, owners, deletion state, and the spec fields it sets (type, traffic policy,
+/// publishing of unready pods, selector, ports). The API server's own fields (cluster IPs, IP
+/// families, session affinity, status) and others' annotations are dropped as the Service arrives in
+/// the cache: with thousands of Services they were a good part of the controller's memory.
+pub fn slim_service(service: &mut Service) {
+    let metadata = std::mem::take(&mut service.metadata);
+    service.metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        uid: metadata.uid,
+        resource_version: metadata.resource_version,
+        labels: metadata.labels,
+        owner_references: metadata.owner_references,
+        deletion_timestamp: metadata.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
+    service.spec = service.spec.take().map(|spec| ServiceSpec {
+        type_: spec.type_,
+        external_traffic_policy: spec.external_traffic_policy,
+        publish_not_ready_addresses: spec.publish_not_ready_addresses,
+        selector: spec.selector,
+        ports: spec.ports,
+        ..ServiceSpec::default()
+    });
+    service.status = None;
+}
+
 /// The UID of the object that controls `service`, if any.
 pub fn controller_uid(service: &Service) -> Option<&str> {
     service
@@ -1125,5 +1154,56 @@ mod tests {
             "the pod is not an owner yet"
         );
         assert!(node_ports_match(&desired, &actual), "a new owner is an edit");
+    }
+    #[test]
+    fn a_slimmed_service_compares_and_repairs_as_the_full_one() {
+        let desired = DesiredService {
+            name: "jvb-0".into(),
+            ordinal: 0,
+            port: 30300,
+            protocols: vec![Protocol::Udp, Protocol::Tcp],
+            extra_selector_label: None,
+            pod: Some(PodOwner {
+                name: "jvb-0".into(),
+                uid: "pod-uid".into(),
+            }),
+        };
+        // What the API server returns: our manifest plus its own fields.
+        let mut served = service_manifest(&desired, &key("jvb"), "uid-1");
+        served["metadata"]["uid"] = json!("svc-uid");
+        served["metadata"]["resourceVersion"] = json!("42");
+        served["metadata"]["creationTimestamp"] = json!("2026-12-01T00:00:00Z");
+        served["metadata"]["annotations"] = json!({ "team": "media" });
+        served["metadata"]["managedFields"] =
+            json!([{ "manager": "service-per-pod", "operation": "Update" }]);
+        served["spec"]["clusterIP"] = json!("10.96.0.10");
+        served["spec"]["clusterIPs"] = json!(["10.96.0.10"]);
+        served["spec"]["ipFamilies"] = json!(["IPv4"]);
+        served["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+        served["spec"]["sessionAffinity"] = json!("None");
+        served["spec"]["internalTrafficPolicy"] = json!("Cluster");
+        served["status"] = json!({ "loadBalancer": {} });
+        let full: Service = serde_json::from_value(served).unwrap();
+        let mut slim = full.clone();
+        slim_service(&mut slim);
+
+        for owner in ["uid-1", "uid-2"] {
+            assert_eq!(
+                is_up_to_date(&desired, &key("jvb"), owner, &slim),
+                is_up_to_date(&desired, &key("jvb"), owner, &full)
+            );
+        }
+        assert!(is_up_to_date(&desired, &key("jvb"), "uid-1", &slim));
+        let mut moved = desired.clone();
+        moved.port = 30400;
+        assert_eq!(node_ports_match(&moved, &slim), node_ports_match(&moved, &full));
+        assert_eq!(
+            repair_patch(&moved, &key("jvb"), "uid-1", &slim),
+            repair_patch(&moved, &key("jvb"), "uid-1", &full)
+        );
+        assert_eq!(controller_uid(&slim), Some("uid-1"));
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("42"));
+        assert!(slim.metadata.annotations.is_none() && slim.status.is_none());
+        assert!(slim.spec.as_ref().unwrap().cluster_ips.is_none());
     }
 }

@@ -19,14 +19,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::annotations::{self, Expose, OptIn};
-use crate::cached_pod::CachedPod;
+use crate::cached_pod::{CachedPod, POD_INDEX_LABEL};
 use crate::desired::{self, Claim, DesiredService, Limits, PodView, SetKey, SetView};
 use crate::leader::Leadership;
 use crate::metrics::{Category, Metrics, Verb};
 
 pub const FIELD_MANAGER: &str = "service-per-pod";
-/// Set by the StatefulSet controller since Kubernetes 1.28; older pods fall back to their name.
-const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 /// How soon to look again when a reconcile comes before the caches are filled.
 const CACHE_WAIT: Duration = Duration::from_millis(200);
 /// Service writes in flight at once for one StatefulSet.
@@ -405,6 +403,9 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
     };
     let winners = desired::port_winners(&snapshot.claims(ctx), &snapshot.held);
     let plan = desired::plan(&view, &ctx.limits, &winners);
+    // The index of every pod and Service is not held across the writes below: with a few reconciles
+    // waiting on the API server at once, their snapshots were a good part of the controller's memory.
+    drop((snapshot, winners));
 
     let mut warnings: Vec<(String, String)> = plan
         .refusals
@@ -439,7 +440,7 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
     let now = Instant::now();
     let mut next_retry: Option<Instant> = None;
     let mut writes = Vec::new();
-    for wanted in &plan.services {
+    for (index, wanted) in plan.services.iter().enumerate() {
         let actual = owned.iter().find(|service| service.name_any() == wanted.name);
         if let Some(until) = awaited_echo(ctx, &key.namespace, &wanted.name, actual.map(AsRef::as_ref), now) {
             next_retry = Some(next_retry.map_or(until, |next| next.min(until)));
@@ -455,19 +456,30 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Result<Action, E
             next_retry = Some(next_retry.map_or(refused.next, |next| next.min(refused.next)));
             continue;
         }
-        writes.push(ensure_service(
-            ctx,
-            &services_api,
-            &key,
-            &uid,
-            wanted,
-            actual.map(AsRef::as_ref),
-        ));
+        writes.push((index, actual.cloned()));
     }
-    let outcomes: Vec<(u16, Result<Written, Error>)> = futures::stream::iter(writes)
-        .buffer_unordered(CONCURRENT_WRITES)
-        .collect()
-        .await;
+    // Each write's future is made when it starts: made all at once, a hundred of them (kilobytes each)
+    // sat in memory while the first few waited on the API server.
+    let outcomes: Vec<(u16, Result<Written, Error>)> = {
+        let (plan, services_api, key, uid) = (&plan, &services_api, &key, &uid);
+        let writes = writes
+            .into_iter()
+            .map(|(index, actual): (usize, Option<Arc<Service>>)| async move {
+                ensure_service(
+                    ctx,
+                    services_api,
+                    key,
+                    uid,
+                    &plan.services[index],
+                    actual.as_deref(),
+                )
+                .await
+            });
+        futures::stream::iter(writes)
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await
+    };
     for (port, outcome) in outcomes {
         match outcome? {
             Written::Done | Written::NotLeading => {

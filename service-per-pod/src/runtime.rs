@@ -180,7 +180,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         service_writer,
         caches.track(
             watcher(services, watcher::Config::default().labels(MANAGED_SELECTOR))
-                .modify(slim)
+                .modify(crate::desired::slim_service)
                 .default_backoff(),
         ),
     )
