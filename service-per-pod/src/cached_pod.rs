@@ -59,21 +59,15 @@ impl CachedPod {
     /// and the base-port annotation, the Ready condition. Other labels and annotations (every chart and
     /// mesh adds some), managed fields and the other conditions are dropped as they arrive.
     pub fn slim(&mut self) {
-        let metadata = std::mem::take(&mut self.metadata);
+        let mut metadata = std::mem::take(&mut self.metadata);
         let keep = |map: Option<BTreeMap<String, String>>, key: &str| {
             map.and_then(|mut map| map.remove_entry(key))
                 .map(|entry| BTreeMap::from([entry]))
         };
         self.metadata = ObjectMeta {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            uid: metadata.uid,
-            resource_version: metadata.resource_version,
-            labels: keep(metadata.labels, POD_INDEX_LABEL),
-            annotations: keep(metadata.annotations, crate::annotations::BASE_PORT),
-            owner_references: metadata.owner_references,
-            deletion_timestamp: metadata.deletion_timestamp,
-            ..ObjectMeta::default()
+            labels: keep(metadata.labels.take(), POD_INDEX_LABEL),
+            annotations: keep(metadata.annotations.take(), crate::annotations::BASE_PORT),
+            ..crate::desired::cached_identity(metadata)
         };
         self.status
             .conditions

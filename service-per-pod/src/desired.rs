@@ -610,16 +610,10 @@ pub fn repair_patch(desired: &DesiredService, set: &SetKey, owner_uid: &str, act
 /// families, session affinity, status) and others' annotations are dropped as the Service arrives in
 /// the cache: with thousands of Services they were a good part of the controller's memory.
 pub fn slim_service(service: &mut Service) {
-    let metadata = std::mem::take(&mut service.metadata);
+    let mut metadata = std::mem::take(&mut service.metadata);
     service.metadata = ObjectMeta {
-        name: metadata.name,
-        namespace: metadata.namespace,
-        uid: metadata.uid,
-        resource_version: metadata.resource_version,
-        labels: metadata.labels,
-        owner_references: metadata.owner_references,
-        deletion_timestamp: metadata.deletion_timestamp,
-        ..ObjectMeta::default()
+        labels: metadata.labels.take(),
+        ..cached_identity(metadata)
     };
     service.spec = service.spec.take().map(|spec| ServiceSpec {
         type_: spec.type_,
@@ -630,6 +624,20 @@ pub fn slim_service(service: &mut Service) {
         ..ServiceSpec::default()
     });
     service.status = None;
+}
+
+/// What every cached object keeps of its metadata: name, namespace, UID, version, owners and deletion
+/// state. Labels and annotations are each cache's own choice.
+pub fn cached_identity(metadata: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        uid: metadata.uid,
+        resource_version: metadata.resource_version,
+        owner_references: metadata.owner_references,
+        deletion_timestamp: metadata.deletion_timestamp,
+        ..ObjectMeta::default()
+    }
 }
 
 /// The UID of the object that controls `service`, if any.
@@ -1006,19 +1014,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_manifest_is_what_the_contract_says() {
-        let desired = DesiredService {
-            name: "jvb-2".into(),
-            ordinal: 2,
-            port: 30302,
+    /// The Service of bridge `ordinal` on both protocols, its pod an owner.
+    fn bridge_service(ordinal: u32, port: u16) -> DesiredService {
+        DesiredService {
+            name: format!("jvb-{ordinal}"),
+            ordinal,
+            port,
             protocols: vec![Protocol::Udp, Protocol::Tcp],
             extra_selector_label: None,
             pod: Some(PodOwner {
-                name: "jvb-2".into(),
+                name: format!("jvb-{ordinal}"),
                 uid: "pod-uid".into(),
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn the_manifest_is_what_the_contract_says() {
+        let desired = bridge_service(2, 30302);
         let manifest = service_manifest(&desired, &key("jvb"), "uid-1");
         assert_eq!(
             manifest,
@@ -1155,19 +1168,10 @@ mod tests {
         );
         assert!(node_ports_match(&desired, &actual), "a new owner is an edit");
     }
+
     #[test]
     fn a_slimmed_service_compares_and_repairs_as_the_full_one() {
-        let desired = DesiredService {
-            name: "jvb-0".into(),
-            ordinal: 0,
-            port: 30300,
-            protocols: vec![Protocol::Udp, Protocol::Tcp],
-            extra_selector_label: None,
-            pod: Some(PodOwner {
-                name: "jvb-0".into(),
-                uid: "pod-uid".into(),
-            }),
-        };
+        let desired = bridge_service(0, 30300);
         // What the API server returns: our manifest plus its own fields.
         let mut served = service_manifest(&desired, &key("jvb"), "uid-1");
         served["metadata"]["uid"] = json!("svc-uid");

@@ -188,8 +188,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = reflector::reflector(
         pod_writer,
-        // Of a pod: owner, labels, deletion state, and for `LoadBalancer` mode its node, IP and Ready
-        // condition. The rest (containers, most of its status) is dropped as it arrives.
+        // Of a pod: identity, owners, deletion state, its pod-index label and base-port annotation, and for
+        // `LoadBalancer` mode its node, IP and Ready condition (`CachedPod::slim`).
         caches.track(
             watcher(pods, watcher::Config::default().labels(STATEFULSET_POD_SELECTOR))
                 .modify(CachedPod::slim)
@@ -360,8 +360,9 @@ fn host_name() -> String {
         .unwrap_or_else(|| "service-per-pod".to_owned())
 }
 
-/// Drops what the caches hold but the controller never reads: managedFields are the largest part of most
-/// objects (with 2 400 pods and Services they were most of the controller's memory).
+/// Drops what the StatefulSet and EndpointSlice caches hold but the controller never reads: managedFields
+/// are the largest part of most objects. (Pods and Services keep only listed fields: `CachedPod::slim`,
+/// `desired::slim_service`.)
 fn slim<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
