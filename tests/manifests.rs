@@ -690,24 +690,10 @@ fn advertising_from_the_node_turns_on_the_token_the_flag_and_the_node_reader_bin
     );
 }
 
-/// A scratch copy of `manifests/` under `target/`, for following the docs' edits literally.
-fn copy_of_manifests(purpose: &str) -> std::path::PathBuf {
-    let copy = testbed::repo_root().join(format!("target/{purpose}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&copy);
-    std::fs::create_dir_all(&copy).unwrap();
-    let status = std::process::Command::new("cp")
-        .args(["-r", "manifests"])
-        .arg(&copy)
-        .current_dir(testbed::repo_root())
-        .status();
-    assert!(status.unwrap().success());
-    copy
-}
-
 /// components/zone-pinning as its header says: a zone.yaml and the component in each shard's folder.
 #[test]
 fn zone_pinning_puts_each_shard_in_the_zone_its_operator_names() {
-    let copy = copy_of_manifests("zone-pinning");
+    let copy = manifests::copy_of_manifests("zone-pinning");
     let production = copy.join("manifests/overlays/production");
     let header =
         std::fs::read_to_string(copy.join("manifests/components/zone-pinning/kustomization.yaml")).unwrap();
@@ -767,7 +753,7 @@ fn zone_pinning_puts_each_shard_in_the_zone_its_operator_names() {
 /// docs/deploying.md's procedure, followed literally on a copy of `manifests/`.
 #[test]
 fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
-    let copy = copy_of_manifests("shard-procedure");
+    let copy = manifests::copy_of_manifests("shard-procedure");
     let production = copy.join("manifests/overlays/production");
     // 1. copy the folder; 2. change its name and base port; 3. list it.
     let shard_1 = std::fs::read_to_string(production.join("shard-1/kustomization.yaml")).unwrap();
@@ -999,7 +985,7 @@ fn every_pod_monitor_selects_pods_that_serve_its_port() {
 /// go where the chart's Grafana sidecar looks (its own namespace), applied as the component says.
 #[tokio::test]
 async fn kube_prometheus_stack_finds_the_monitors_rules_and_dashboards() {
-    let copy = copy_of_manifests("kube-prometheus-stack");
+    let copy = manifests::copy_of_manifests("kube-prometheus-stack");
     let production = copy.join("manifests/overlays/production");
     let kustomization = std::fs::read_to_string(production.join("kustomization.yaml")).unwrap();
     assert!(kustomization.contains("  - ../../components/kube-prometheus\n"));
@@ -1125,7 +1111,7 @@ fn the_images_override_of_docs_deploying_points_every_daemon_at_the_registry() {
         .map(|block| block.split("```").next().unwrap())
         .find(|block| block.starts_with("images:"))
         .expect("docs/deploying.md shows the images: override");
-    let copy = copy_of_manifests("images-override");
+    let copy = manifests::copy_of_manifests("images-override");
     let production = copy.join("manifests/overlays/production");
     let mut kustomization = std::fs::read_to_string(production.join("kustomization.yaml")).unwrap();
     kustomization.push_str(snippet);
@@ -1160,7 +1146,7 @@ fn the_images_override_of_docs_deploying_points_every_daemon_at_the_registry() {
 /// that may get that Service and nothing else — checked by the API server itself.
 #[tokio::test]
 async fn the_load_balancer_component_lets_each_shards_bridges_read_only_their_public_service() {
-    let copy = copy_of_manifests("jvb-load-balancer");
+    let copy = manifests::copy_of_manifests("jvb-load-balancer");
     let production = copy.join("manifests/overlays/production");
     for shard in ["shard-0", "shard-1"] {
         let path = production.join(shard).join("kustomization.yaml");

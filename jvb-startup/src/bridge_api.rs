@@ -10,6 +10,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// Where the drain hook asks the bridge for a graceful shutdown.
+pub const SHUTDOWN: &str = "/colibri/shutdown";
+/// Drain mode only (`drain --drain-only`): no new conferences, the bridge keeps running.
+pub const DRAIN_ENABLE: &str = "/colibri/drain/enable";
+/// Where the drain hook reads the participants left.
+pub const STATS: &str = "/colibri/stats";
+
+/// Every request this binary makes of the bridge (the image contract checks that the bridge's
+/// configuration serves each).
+pub const ENDPOINTS: [(&str, &str); 3] = [("POST", SHUTDOWN), ("POST", DRAIN_ENABLE), ("GET", STATS)];
+
 /// More than any stats document a bridge sends; a larger answer is treated as broken.
 const BODY_LIMIT: usize = 1 << 20;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::bridge_api::{BridgeApi, Failure};
+use crate::bridge_api::{self, BridgeApi, Failure};
 use crate::cli::DrainArgs;
 
 #[derive(Debug, thiserror::Error)]
@@ -118,11 +118,11 @@ pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
     };
 
     let (what, path, body) = if args.drain_only {
-        ("drain", "/colibri/drain/enable", None)
+        ("drain", bridge_api::DRAIN_ENABLE, None)
     } else {
         (
             "graceful shutdown",
-            "/colibri/shutdown",
+            bridge_api::SHUTDOWN,
             Some(r#"{"graceful-shutdown": true}"#),
         )
     };
@@ -165,7 +165,7 @@ pub async fn drain(args: &DrainArgs) -> Result<Outcome, DrainError> {
     let mut last_known = None;
     let mut refusals = Refusals::default();
     loop {
-        match api.get("/colibri/stats").await {
+        match api.get(bridge_api::STATS).await {
             Err(Failure::Refused) => {
                 if refusals.refused(args.gone_after) {
                     tracing::info!(elapsed = ?started.elapsed(), "the bridge's port refuses connections: it has exited");

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod dataplane;
 pub mod process;
+pub mod source;
 
 /// The Service CIDR; its first address is the `kubernetes` Service, named in the serving certificate.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -53,6 +54,19 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Where built tools and upstream sources are cached, shared by every clone and CI run on this machine:
+/// `JITSI_K8S_CACHE`, else `$XDG_CACHE_HOME/jitsi-k8s`, else `~/.cache/jitsi-k8s`.
+pub fn cache_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("JITSI_K8S_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("jitsi-k8s"));
+    }
+    let home = std::env::var_os("HOME").ok_or("HOME is not set: set JITSI_K8S_CACHE")?;
+    Ok(PathBuf::from(home).join(".cache/jitsi-k8s"))
 }
 
 /// Where a local cluster keeps everything it writes (PKI, kubeconfigs, etcd data, logs, state file):

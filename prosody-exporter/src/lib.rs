@@ -2,7 +2,8 @@
 //! room census on localhost — where Prosody allows them — and serves both to Prometheus as valid text.
 //!
 //! [`census`] and daemon-kit's `openmetrics` parser are the pure core; [`scrape`] fetches; daemon-kit's exporter skeleton serves.
-//! `manifests/components/prosody-muc-census/mod_muc_census.lua` serves the census where Jitsi's module is missing.
+//! The census comes from Jitsi's `mod_muc_census` (in the jitsi/prosody image); the tests' Prosody loads
+//! the stand-in `testbed/prosody/mod_muc_census.lua`.
 
 pub mod census;
 pub mod cli;

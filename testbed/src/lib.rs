@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fault_proxy;
 pub mod haproxy;
+pub mod jitsi_images;
 pub mod manifests;
 pub mod measure;
 pub mod netpol;

@@ -42,9 +42,31 @@ pub fn render_dir(dir: &Path) -> Vec<Value> {
         &["create", "--dry-run=client", "--output=json", "--filename=-"],
         Some(&yaml),
     );
-    // One JSON document per object, one after the other (a List only when the input was one).
+    json_documents(&list)
+}
+
+/// As [`render_dir`], with no cluster at all (for developer commands): kubectl prints each object as JSON
+/// with `annotate --local`, removing an annotation no object has.
+pub fn render_dir_offline(dir: &Path) -> Vec<Value> {
+    let yaml = run_local("kubectl", &["kustomize", &dir.to_string_lossy()], None);
+    let list = run_local(
+        "kubectl",
+        &[
+            "annotate",
+            "--local",
+            "--output=json",
+            "--filename=-",
+            "jitsi-k8s.render-",
+        ],
+        Some(&yaml),
+    );
+    json_documents(&list)
+}
+
+/// One JSON document per object, one after the other (a List only when the input was one).
+fn json_documents(text: &str) -> Vec<Value> {
     let mut objects = Vec::new();
-    for document in serde_json::Deserializer::from_str(&list).into_iter::<Value>() {
+    for document in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
         let document = document.expect("kubectl printed JSON");
         match document.get("items") {
             Some(Value::Array(items)) => objects.extend(items.iter().cloned()),
@@ -110,6 +132,11 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
     if program == "kubectl" {
         crate::use_cluster();
     }
+    run_local(program, args, stdin)
+}
+
+/// As [`run`], for programs that reach no cluster.
+fn run_local(program: &str, args: &[&str], stdin: Option<&str>) -> String {
     let output = output_with_stdin(
         Command::new(program).args(args),
         stdin.unwrap_or_default().as_bytes(),
@@ -159,4 +186,29 @@ pub fn container_command(
             .collect()
     });
     (args, env)
+}
+
+/// A scratch copy of `manifests/` under `target/` (as `<copy>/manifests`), for following the docs' edits
+/// literally or breaking one thing on purpose.
+pub fn copy_of_manifests(purpose: &str) -> std::path::PathBuf {
+    static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let copy = repo_root().join(format!("target/{purpose}-{}-{call}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).expect("creating a scratch folder");
+    let status = Command::new("cp")
+        .args(["-r", "manifests"])
+        .arg(&copy)
+        .current_dir(repo_root())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "copying manifests/");
+    copy
+}
+
+/// Replaces `from` by `to` in a file of a copy, and fails when `from` is not there (a test that edits
+/// nothing proves nothing).
+pub fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    assert!(text.contains(from), "{} has no {from:?}", file.display());
+    std::fs::write(file, text.replacen(from, to, 1)).expect("writing the copy");
 }

@@ -1,6 +1,7 @@
 //! A real Prosody (Debian's 13, from bookworm-backports: what the `jitsi/prosody` image runs) configured
 //! like that image — internal statistics,
-//! `mod_http_openmetrics`, a MUC component without room locking, our `mod_muc_census` — and real XMPP
+//! `mod_http_openmetrics`, a MUC component without room locking, a stand-in for Jitsi's `mod_muc_census`
+//! (`testbed/prosody/mod_muc_census.lua`: Debian's Prosody has no Jitsi plugins) — and real XMPP
 //! clients (slixmpp, from PyPI) that join its rooms.
 
 use std::io::{BufRead, BufReader, Write};
@@ -59,7 +60,7 @@ impl Prosody {
         let dir = repo_root().join("target/prosody").join(format!("{http_port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("creating the Prosody folder");
-        let modules = repo_root().join("manifests/components/prosody-muc-census");
+        let modules = repo_root().join("testbed/prosody");
         let allow = options
             .openmetrics_allow_ips
             .map(|ips| {

@@ -3,11 +3,9 @@
 //! `metacontroller/`), each a `go build`-able module; without it, or when a snapshot is absent, the
 //! benchmarks fall back to the Go module proxy and say plainly what they could not build.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 /// The environment variable naming the folder of source snapshots.
 pub const ANCHORS: &str = "JITSI_K8S_ANCHORS";
@@ -21,72 +19,125 @@ pub fn source(name: &str) -> Option<PathBuf> {
 /// Builds `package` (relative to the snapshot) of the snapshot `source` into the cache, keyed by the
 /// snapshot's content, and returns the binary. The snapshot is copied first: nothing is written into it.
 pub fn build(source: &Path, package: &str, binary: &str, cache: &Path) -> Result<PathBuf> {
-    let key = content_key(source)?;
-    let name = source
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let out = cache.join("bin").join(format!("{name}-{key:016x}"));
-    let built = out.join(binary);
-    if built.is_file() {
-        return Ok(built);
-    }
-    let work = cache.join("src").join(format!("{name}-{key:016x}"));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let copied = Command::new("cp")
+    local_cluster::source::go_build(source, package, binary, cache).map_err(anyhow::Error::msg)
+}
+
+/// The row of the anchors' README that describes `folder`, e.g. "| `docker-jitsi-meet/` | … |".
+fn readme_row(anchors: &Path, folder: &str) -> Option<String> {
+    let readme = std::fs::read_to_string(anchors.join("README.md")).ok()?;
+    readme
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{folder}/`")))
+        .map(str::to_owned)
+}
+
+/// The first "tag `X`" of a README row.
+fn tag_in(row: &str) -> Option<String> {
+    let at = row.find("tag `")? + 5;
+    Some(row[at..].split('`').next()?.to_owned())
+}
+
+/// An `ARG NAME=value` of a Dockerfile.
+fn dockerfile_arg(dockerfile: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(dockerfile).ok()?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("ARG {name}=")))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    let status = std::process::Command::new("cp")
         .arg("-r")
-        .arg(format!("{}/.", source.display()))
-        .arg(&work)
-        .status()
-        .context("copying the snapshot")?;
-    if !copied.success() {
-        bail!("copying {} failed", source.display());
-    }
-    println!(
-        "==> building {binary} from the snapshot {} (Go dependencies from the module proxy)",
-        source.display()
-    );
-    let output = Command::new("go")
-        .current_dir(&work)
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-trimpath", "-mod=mod", "-o"])
-        .arg(&built)
-        .arg(package)
-        .output()
-        .context("running go build (is Go installed?)")?;
-    if !output.status.success() {
-        bail!(
-            "`go build {package}` of the snapshot {} failed:\n{}",
-            source.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(built)
-}
-
-/// A key over every file's path and content in the snapshot.
-fn content_key(dir: &Path) -> Result<u64> {
-    let mut files = Vec::new();
-    collect(dir, dir, &mut files)?;
-    files.sort();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for (relative, content) in files {
-        relative.hash(&mut hasher);
-        content.hash(&mut hasher);
-    }
-    Ok(hasher.finish())
-}
-
-fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(root, &path, files)?;
-        } else {
-            let relative = path.strip_prefix(root).unwrap_or(&path).display().to_string();
-            files.push((relative, std::fs::read(&path)?));
-        }
-    }
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()?;
+    anyhow::ensure!(status.success(), "copying {} failed", from.display());
     Ok(())
+}
+
+/// One cache entry to seed: repository, reference, the snapshot, and files moved to where the upstream
+/// repository keeps them (the snapshot's name → its path upstream).
+type Seed = (String, String, PathBuf, Vec<(String, String)>);
+
+/// Seeds the cache of upstream sources (`<cache>/upstream/<repository>/<reference>/`, the layout the
+/// image contract reads, as a `git clone` would leave it) from the snapshots in `JITSI_K8S_ANCHORS`:
+/// docker-jitsi-meet at the tag its README row names, the `tpl` and s6-overlay versions its base
+/// Dockerfile pins, and Jicofo's and the bridge's reference configuration and launch scripts. Leaves
+/// anything already cached alone. Returns what it seeded.
+pub fn seed_upstream(cache: &Path) -> Result<Vec<String>> {
+    let Some(anchors) = std::env::var_os(ANCHORS).map(PathBuf::from) else {
+        return Ok(Vec::new());
+    };
+    let Some(tag) = readme_row(&anchors, "docker-jitsi-meet").and_then(|r| tag_in(&r)) else {
+        return Ok(Vec::new());
+    };
+    let images = anchors.join("docker-jitsi-meet");
+    let base = images.join("base/Dockerfile");
+    let branch = readme_row(&anchors, "jitsi-reference-conf").and_then(|r| tag_in(&r));
+    let mut plan: Vec<Seed> = vec![(
+        "docker-jitsi-meet".into(),
+        tag.clone(),
+        images.clone(),
+        Vec::new(),
+    )];
+    if let Some(version) = dockerfile_arg(&base, "TPL_VERSION") {
+        plan.push(("tpl".into(), version, anchors.join("jitsi-tpl"), Vec::new()));
+    }
+    if let Some(version) = dockerfile_arg(&base, "S6_OVERLAY_VERSION") {
+        plan.push((
+            "s6-overlay".into(),
+            version,
+            anchors.join("s6-overlay"),
+            vec![(
+                "libexec-preinit".into(),
+                "layout/rootfs-overlay/package/admin/s6-overlay-@VERSION@/libexec/preinit".into(),
+            )],
+        ));
+    }
+    if let Some(branch) = branch {
+        let conf = anchors.join("jitsi-reference-conf");
+        plan.push((
+            "jicofo".into(),
+            branch.clone(),
+            conf.join("jicofo"),
+            vec![("resources-jicofo.sh".into(), "resources/jicofo.sh".into())],
+        ));
+        plan.push((
+            "jitsi-videobridge".into(),
+            branch,
+            conf.join("jitsi-videobridge"),
+            vec![("resources-jvb.sh".into(), "jvb/resources/jvb.sh".into())],
+        ));
+    }
+    let mut seeded = Vec::new();
+    for (repository, reference, snapshot, moves) in plan {
+        let target = cache
+            .join("upstream")
+            .join(&repository)
+            .join(reference.replace('/', "_"));
+        if target.is_dir() || !snapshot.is_dir() {
+            continue;
+        }
+        let partial = target.with_extension("seeding");
+        let _ = std::fs::remove_dir_all(&partial);
+        copy_tree(&snapshot, &partial)?;
+        for (from, to) in moves {
+            let to = partial.join(to);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(partial.join(&from), &to)?;
+        }
+        std::fs::write(
+            partial.join(".jitsi-k8s-source"),
+            format!(
+                "the snapshot {} ({repository} at {reference})\n",
+                snapshot.display()
+            ),
+        )?;
+        std::fs::rename(&partial, &target)?;
+        seeded.push(format!("{repository} {reference}"));
+    }
+    Ok(seeded)
 }

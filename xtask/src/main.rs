@@ -13,6 +13,7 @@ mod dataplane;
 mod demo;
 mod gobuild;
 mod images;
+mod jitsi_images;
 mod packages;
 mod paths;
 mod pki;
@@ -43,6 +44,9 @@ enum Command {
     Demo(demo::Args),
     /// Builds the daemons' container images (needs a Docker engine; says so when there is none).
     Images(images::Args),
+    /// Checks the manifests against the Jitsi images of a release (their own source) and prints what
+    /// changed since the release the shards pin: a Jitsi upgrade is this command and one review.
+    JitsiImages(jitsi_images::Args),
     /// Benchmarks that print a table and write it to bench/results/.
     Bench {
         #[command(subcommand)]
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&paths, &args),
         Command::Demo(args) => demo::run(&paths, &args),
         Command::Images(args) => images::run(&paths, &args),
+        Command::JitsiImages(args) => jitsi_images::run(&paths, &args),
         Command::Bench { bench } => bench::run(&paths, bench),
     };
     match result {

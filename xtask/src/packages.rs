@@ -26,6 +26,16 @@ pub const DATAPLANE_PROGRAMS: [(&str, &str); 6] = [
     ("sysctl", "procps"),
 ];
 
+/// What the image contract runs: Typesafe Config on Java (the HOCON library of Jicofo and the bridge),
+/// curl (its jar from Maven Central), git (upstream sources), openssl (the images' scripts make
+/// certificates with it).
+const IMAGE_CONTRACT_PROGRAMS: [(&str, &str); 4] = [
+    ("java", "default-jre-headless"),
+    ("curl", "curl"),
+    ("git", "git"),
+    ("openssl", "openssl"),
+];
+
 /// The Prosody the `jitsi/prosody` image runs; Debian bookworm carries it in bookworm-backports.
 const PROSODY_MAJOR: &str = "13";
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
@@ -36,6 +46,7 @@ pub fn ensure_installed() -> Result<()> {
     which("kubectl").context("kubectl is not installed")?;
     ensure_commands(&TEST_PROGRAMS)?;
     ensure_commands(&DATAPLANE_PROGRAMS)?;
+    ensure_commands(&IMAGE_CONTRACT_PROGRAMS)?;
     ensure_prosody()?;
     ensure_python_venv()
 }

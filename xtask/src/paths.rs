@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use local_cluster::ClusterDir;
 
 #[derive(Debug, Clone)]
@@ -19,14 +19,7 @@ pub struct Paths {
 impl Paths {
     pub fn discover() -> Result<Self> {
         let repo = local_cluster::repo_root();
-        let cache = match std::env::var_os("JITSI_K8S_CACHE") {
-            Some(dir) => PathBuf::from(dir),
-            None => match std::env::var_os("XDG_CACHE_HOME") {
-                Some(dir) => PathBuf::from(dir).join("jitsi-k8s"),
-                None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
-                    .join(".cache/jitsi-k8s"),
-            },
-        };
+        let cache = local_cluster::cache_dir().map_err(anyhow::Error::msg)?;
         Ok(Self {
             repo,
             cache,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::paths::Paths;
-use crate::{cargo, cluster, gobuild, packages};
+use crate::{anchors, cargo, cluster, gobuild, packages};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,6 +56,13 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         }
     }
 
+    // The image contract reads the Jitsi images' upstream sources from the cache (or clones them).
+    for seeded in anchors::seed_upstream(&paths.cache)? {
+        println!(
+            "==> upstream source {seeded}: seeded into the cache from {}",
+            anchors::ANCHORS
+        );
+    }
     // With the real dataplane: the tests of tests/dataplane.rs send packets through it.
     let started_cluster = cluster::up_with(paths, true)?;
     let kubeconfig = paths.kubeconfig().display().to_string();

@@ -1,4 +1,5 @@
--- mod_muc_census: Jitsi's room census for Prosody installations that lack Jitsi's own module.
+-- mod_muc_census, as the tests load it into Debian's Prosody (which has none of Jitsi's plugins): a
+-- stand-in for Jitsi's own module, which the jitsi/prosody image ships and the manifests use.
 --
 -- GET /room-census on Prosody's HTTP port answers, like Jitsi's mod_muc_census,
 --   {"room_census":[{"room_name":"<room>@<muc>","participants":N,"created_time":<ms>,"leaked":false}]}
