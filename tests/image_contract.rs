@@ -240,3 +240,92 @@ fn a_variable_no_image_reads_is_named() {
         &["JITSI_UNREAD_SETTING (set in env) is read by neither the web image"],
     );
 }
+
+#[test]
+fn a_shard_whose_release_has_no_source_fails() {
+    let found = broken("contract-unknown-tag", |m| {
+        edit(
+            &m.join("overlays/dev/shard-0/kustomization.yaml"),
+            "  - name: ghcr.io/jitsi/web\n    newTag: stable-11146-2",
+            "  - name: ghcr.io/jitsi/web\n    newTag: stable-1-nowhere",
+        );
+    });
+    assert_named(&found, &["several tags (stable-1-nowhere, stable-11146-2)"]);
+    // Every tag of the shard is checked in turn; the first one without a source is named.
+    let found = broken("contract-unknown-release", |m| {
+        let file = m.join("overlays/dev/shard-0/kustomization.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(
+            &file,
+            text.replace("newTag: stable-11146-2", "newTag: stable-1-nowhere"),
+        )
+        .unwrap();
+    });
+    assert_named(
+        &found,
+        &[
+            "upstream sources of stable-1-nowhere",
+            "no source of docker-jitsi-meet at stable-1-nowhere",
+        ],
+    );
+}
+
+/// `cargo xtask jitsi-images --tag <next>` against a release whose web image moved its port and reads a
+/// new variable: a copy of the pinned release's source, changed, given as JITSI_IMAGES_SRC.
+#[test]
+fn the_upgrade_command_names_what_changed_and_what_it_breaks() {
+    let pinned = sources("stable-11146-2").unwrap();
+    let next = repo_root().join(format!(
+        "target/image-contract/next-release-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&next);
+    std::fs::create_dir_all(&next).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", pinned.images.path.display()))
+        .arg(&next)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let default = next.join("web/rootfs/defaults/default");
+    edit(
+        &default,
+        "listen 8000 default_server;",
+        "listen 8001 default_server;",
+    );
+    edit(
+        &default,
+        "listen [::]:8000 default_server;",
+        "listen [::]:8001 default_server;",
+    );
+    edit(
+        &next.join("web/rootfs/defaults/meet.conf"),
+        "server_name _;",
+        "server_name {{ .Env.WEB_SERVER_NAME | default \"_\" }};",
+    );
+    let output = std::process::Command::new(testbed::daemon::binary("jitsi-images"))
+        .args(["--tag", "stable-11146-3", "--overlay", "manifests/overlays/dev"])
+        .env("JITSI_IMAGES_SRC", &next)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    std::fs::remove_dir_all(&next).unwrap();
+    assert!(
+        !output.status.success(),
+        "the upgrade breaks the contract:\n{report}"
+    );
+    for needle in [
+        "shard-0 at stable-11146-3",
+        "what the images do differently from stable-11146-2",
+        "listen 8001 default_server",
+        "now also [\"WEB_SERVER_NAME\"]",
+        "docker-jitsi-meet files changed: 2",
+        "web/rootfs/defaults/default",
+        "containerPort http 8000/TCP: nothing listens there",
+        "HAPROXY_SHARD_PORT 8000/TCP: nothing listens there",
+    ] {
+        assert!(report.contains(needle), "the report lacks {needle:?}:\n{report}");
+    }
+}

@@ -99,7 +99,10 @@ fn print_fact_changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, Str
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut sources_for = |tag: &str| Sources::resolve(tag);
+    // The release asked for may come from JITSI_IMAGES_SRC (…); the one the shards pin comes from the
+    // cache or a clone, so the two can be told apart.
+    let wanted = args.tag.clone();
+    let mut sources_for = |tag: &str| Sources::resolve_from(tag, tag == wanted);
     let mut broken = 0;
     for overlay in &args.overlay {
         let current = manifests::render_dir_offline(&repo_root().join(overlay));
@@ -117,14 +120,19 @@ fn main() -> ExitCode {
             for origin in &report.origins {
                 println!("  source: {origin}");
             }
-            if let Some(before) = now.iter().find(|r| r.shard == report.shard) {
+            if let Some(before) = now
+                .iter()
+                .find(|r| r.shard == report.shard && !report.origins.is_empty())
+            {
                 println!("  what the images do differently from {}:", before.tag);
                 if print_fact_changes(&before.facts, &report.facts) == 0 {
                     println!("  nothing the contract looks at");
                 }
                 // The upstream files that changed, for the review.
-                if let (Ok(a), Ok(b)) = (Sources::resolve(&before.tag), Sources::resolve(&report.tag))
-                    && a.images.path != b.images.path
+                if let (Ok(a), Ok(b)) = (
+                    Sources::resolve_from(&before.tag, before.tag == args.tag),
+                    Sources::resolve_from(&report.tag, true),
+                ) && a.images.path != b.images.path
                 {
                     let diff = Command::new("diff")
                         .args(["-rq", "--exclude=.git", "--exclude=.jitsi-k8s-source"])

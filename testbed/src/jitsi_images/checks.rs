@@ -786,9 +786,19 @@ fn reachable(
     protocol: &str,
     who: &str,
 ) -> Result<(), String> {
-    match listener_of(runs, workload, port, protocol) {
-        Some((_, listener)) if listener.bind == Bind::All => Ok(()),
-        Some((_, listener)) => Err(format!(
+    // The pod's IPv4 listener if there is one (nginx states IPv4 and IPv6 apart).
+    let listener = runs
+        .iter()
+        .filter(|(w, _)| std::ptr::eq(*w, workload))
+        .flat_map(|(_, run)| run.listeners.iter())
+        .filter(|l| l.port == port && l.protocol.eq_ignore_ascii_case(protocol))
+        .min_by_key(|l| l.bind);
+    match listener {
+        Some(listener) if listener.bind == Bind::All => Ok(()),
+        Some(listener) if listener.bind == Bind::Ipv6Only => Err(format!(
+            "{port}/{protocol}: reached on the pod's IPv4 address ({who}), but the program listens there on IPv6 only ({listener})"
+        )),
+        Some(listener) => Err(format!(
             "{port}/{protocol}: reached from outside the pod ({who}), but the program listens there on loopback only ({listener})"
         )),
         None => {

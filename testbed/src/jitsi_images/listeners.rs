@@ -13,6 +13,9 @@ use super::sandbox::Outcome;
 pub enum Bind {
     /// Every address of the pod (`0.0.0.0`, `*`, `::`): the pod IP and loopback.
     All,
+    /// The IPv6 wildcard alone (`[::]` in nginx, where ipv6only is on by default; `::` in Prosody, which
+    /// binds it apart from `*`): not the pod's IPv4 address, which probes, Services and Prometheus use.
+    Ipv6Only,
     /// 127.0.0.1 or ::1 only: reachable from the pod's own containers, never from the kubelet's probes,
     /// a Service or Prometheus.
     Loopback,
@@ -31,6 +34,7 @@ impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bind = match self.bind {
             Bind::All => "all addresses",
+            Bind::Ipv6Only => "IPv6 addresses only",
             Bind::Loopback => "loopback only",
         };
         write!(f, "{}/{} on {} ({})", self.port, self.protocol, bind, self.stated)
@@ -40,6 +44,7 @@ impl fmt::Display for Listener {
 fn bind_of(address: &str) -> Bind {
     match address.trim_matches(|c| c == '"' || c == '[' || c == ']') {
         "127.0.0.1" | "::1" | "localhost" => Bind::Loopback,
+        "::" => Bind::Ipv6Only,
         _ => Bind::All,
     }
 }
@@ -185,11 +190,12 @@ pub fn prosody(image: &Image, outcome: &Outcome) -> Result<Vec<Listener>, String
             .unwrap_or_else(|| vec!["*".to_owned()]);
         for port in ports {
             let Ok(port) = port.parse() else { continue };
-            let bind = if interfaces.iter().any(|i| bind_of(i) == Bind::All) {
-                Bind::All
-            } else {
-                Bind::Loopback
-            };
+            // The widest of the interfaces it binds.
+            let bind = interfaces
+                .iter()
+                .map(|i| bind_of(i))
+                .min()
+                .unwrap_or(Bind::Loopback);
             listeners.push(Listener {
                 protocol: "TCP",
                 port,

@@ -57,7 +57,16 @@ pub fn jitsi_branch(tag: &str) -> Option<String> {
 impl Sources {
     /// Finds (or clones) everything for `tag` and builds its `tpl`.
     pub fn resolve(tag: &str) -> Result<Self, String> {
-        let images = upstream::checkout(&upstream::DOCKER_JITSI_MEET, tag)?;
+        Self::resolve_from(tag, true)
+    }
+
+    /// As [`Sources::resolve`]; with `overrides` false, the environment variables naming checkouts
+    /// (`JITSI_IMAGES_SRC`, …) are not looked at: for the release the shards pin, when those name the
+    /// checkouts of the release an upgrade moves to.
+    pub fn resolve_from(tag: &str, overrides: bool) -> Result<Self, String> {
+        let checkout =
+            |repo: &upstream::Repo, reference: &str| upstream::checkout_from(repo, reference, overrides);
+        let images = checkout(&upstream::DOCKER_JITSI_MEET, tag)?;
         let base = Image::read(&images.path, "base")?;
         let s6_overlay_version = base
             .s6_overlay_version()
@@ -76,10 +85,10 @@ impl Sources {
         })?;
         Ok(Self {
             tag: tag.to_owned(),
-            jicofo: upstream::checkout(&upstream::JICOFO, &branch)?,
-            jvb: upstream::checkout(&upstream::JITSI_VIDEOBRIDGE, &branch)?,
-            s6_overlay: upstream::checkout(&upstream::S6_OVERLAY, &s6_overlay_version)?,
-            tpl: upstream::tpl(&tpl_version)?,
+            jicofo: checkout(&upstream::JICOFO, &branch)?,
+            jvb: checkout(&upstream::JITSI_VIDEOBRIDGE, &branch)?,
+            s6_overlay: checkout(&upstream::S6_OVERLAY, &s6_overlay_version)?,
+            tpl: upstream::tpl(&tpl_version, overrides)?,
             config_jar: upstream::config_jar()?,
             images,
             s6_overlay_version,

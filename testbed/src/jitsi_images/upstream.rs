@@ -78,7 +78,16 @@ pub struct Checkout {
 
 /// Finds `repo` at `reference`: the environment, the cache, then a shallow clone into the cache.
 pub fn checkout(repo: &Repo, reference: &str) -> Result<Checkout, String> {
-    if let Some(dir) = std::env::var_os(repo.env).map(PathBuf::from) {
+    checkout_from(repo, reference, true)
+}
+
+/// As [`checkout`]; with `overrides` false the environment variable is not looked at (the release the
+/// shards pin, when the variable names the checkout of another one).
+pub fn checkout_from(repo: &Repo, reference: &str, overrides: bool) -> Result<Checkout, String> {
+    if let Some(dir) = std::env::var_os(repo.env)
+        .filter(|_| overrides)
+        .map(PathBuf::from)
+    {
         if !dir.is_dir() {
             return Err(format!(
                 "{} names {}, which is not a folder",
@@ -128,7 +137,11 @@ fn git_reference(dir: &Path) -> Option<Vec<String>> {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    git(&["rev-parse", "--git-dir"])?;
+    // Only the top of a checkout counts: a folder inside another repository is not a checkout of its own.
+    let top = git(&["rev-parse", "--show-toplevel"])?;
+    if std::fs::canonicalize(top.trim()).ok()? != std::fs::canonicalize(dir).ok()? {
+        return None;
+    }
     let mut names: Vec<String> = git(&["tag", "--points-at", "HEAD"])
         .unwrap_or_default()
         .lines()
@@ -184,8 +197,8 @@ fn clone(repo: &Repo, reference: &str, into: &Path) -> Result<(), String> {
 
 /// The `tpl` binary of `reference` (the `TPL_VERSION` the base image's Dockerfile names), built from
 /// source with Go and cached.
-pub fn tpl(reference: &str) -> Result<PathBuf, String> {
-    let source = checkout(&TPL, reference)?;
+pub fn tpl(reference: &str, overrides: bool) -> Result<PathBuf, String> {
+    let source = checkout_from(&TPL, reference, overrides)?;
     local_cluster::source::go_build(&source.path, ".", "tpl", &local_cluster::cache_dir()?)
 }
 
