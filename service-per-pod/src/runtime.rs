@@ -171,7 +171,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                     }
                     slim(set);
                 })
-                .default_backoff(),
+                .backoff(WatchBackoff::default()),
         ),
     )
     .applied_objects();
@@ -181,7 +181,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         caches.track(
             watcher(services, watcher::Config::default().labels(MANAGED_SELECTOR))
                 .modify(crate::desired::slim_service)
-                .default_backoff(),
+                .backoff(WatchBackoff::default()),
         ),
     )
     .touched_objects();
@@ -193,7 +193,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         caches.track(
             watcher(pods, watcher::Config::default().labels(STATEFULSET_POD_SELECTOR))
                 .modify(CachedPod::slim)
-                .default_backoff(),
+                .backoff(WatchBackoff::default()),
         ),
     )
     .touched_objects();
@@ -206,13 +206,19 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 watcher::Config::default().labels(crate::public::SLICE_SELECTOR),
             )
             .modify(slim)
-            .default_backoff(),
+            .backoff(WatchBackoff::default()),
         ),
     )
     .touched_objects();
 
     let controller = Controller::for_stream(set_stream, set_store.clone())
         .with_config(controller::Config::default().concurrency(4))
+        // Each watch backs off on its own (WatchBackoff). The controller's default would add a second,
+        // shared backoff over all of them (up to 30 s, jittered to about a minute, reset only after two
+        // quiet minutes): after an API server restart every watch's errors (refused connections, 403s
+        // while its RBAC caches fill, 410s) compounded there and froze every watch, healthy ones too,
+        // for 1–3 minutes.
+        .trigger_backoff(NoTriggerBackoff)
         .owns_stream(service_stream)
         .watches_stream(slice_stream, |slice: EndpointSlice| {
             // A slice changed or removed by someone else: its StatefulSet repairs it.
@@ -365,4 +371,50 @@ fn host_name() -> String {
 /// `desired::slim_service`.)
 fn slim<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// How a failed watch is retried: 0.25 s doubling up to 2 s, with jitter. (kube-runtime's default goes
+/// to 30 s and compounds: after an API server restart its first answers for our ServiceAccount are 403
+/// while its RBAC caches fill, and each one doubled the wait.)
+#[derive(Debug, Default)]
+struct WatchBackoff {
+    failures: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.failures = self.failures.saturating_add(1);
+        let base = Duration::from_millis(250).saturating_mul(1 << (self.failures - 1).min(3));
+        // ±25 % so that several watches (and several controllers) do not retry in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let jitter = f64::from(nanos % 1000) / 1000.0 * 0.5 + 0.75;
+        Some(base.mul_f64(jitter))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// No delay on the controller's merged trigger stream: the watches have their own backoff.
+#[derive(Debug)]
+struct NoTriggerBackoff;
+
+impl Iterator for NoTriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoTriggerBackoff {
+    fn reset(&mut self) {}
 }
