@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -42,10 +43,25 @@ pub struct SetView {
     pub opt_in: OptIn,
     /// `spec.replicas`, which may be anything up to 2^31-1.
     pub replicas: u32,
+    /// `spec.ordinals.start`: the replicas are ordinals `start..start + replicas`.
+    pub start: u32,
+    /// The StatefulSet is being deleted: only its existing pods are planned, not `spec.replicas`.
+    pub deleting: bool,
     /// Creation time (seconds since the epoch): older claims win a contested port.
     pub created: i64,
-    /// Its existing pods (Terminating ones included), by ordinal.
-    pub pods: BTreeMap<u32, PodView>,
+    /// Its existing pods (Terminating ones included), by ordinal; shared with the watch index.
+    pub pods: Arc<BTreeMap<u32, PodView>>,
+}
+
+impl SetView {
+    /// The ordinals `spec.replicas` asks for (none while the StatefulSet is being deleted).
+    pub fn replica_ordinals(&self) -> Ordinals {
+        if self.deleting {
+            Ordinals::new()
+        } else {
+            Ordinals::counted(self.start, self.replicas)
+        }
+    }
 }
 
 /// One existing pod of a StatefulSet.
@@ -144,7 +160,7 @@ fn candidates(set: &SetView, range: NodePortRange) -> Candidates {
     let mut taken = BTreeSet::new();
     // Existing pods first: a pod's port comes from the pod itself (what its bridge listens on), and it
     // keeps it even when a replica without a pod would map to the same port under a newer base.
-    for (ordinal, pod) in &set.pods {
+    for (ordinal, pod) in set.pods.iter() {
         if !nameable.as_ref().is_some_and(|names| names.contains(ordinal)) {
             result.unnameable.insert(*ordinal);
             continue;
@@ -158,7 +174,7 @@ fn candidates(set: &SetView, range: NodePortRange) -> Candidates {
             _ => result.out_of_range.insert(*ordinal),
         }
     }
-    let mut from_replicas = Ordinals::first(set.replicas);
+    let mut from_replicas = set.replica_ordinals();
     for ordinal in set.pods.keys() {
         from_replicas = from_replicas.outside(*ordinal..=*ordinal);
     }
@@ -208,7 +224,7 @@ pub fn claimed_ports(set: &SetView, limits: &Limits) -> BTreeSet<u16> {
         set.opt_in.reserve,
         in_range_window(set.opt_in.base_port, limits.range),
     ) {
-        let reserved = Ordinals::first(reserve).within(window);
+        let reserved = Ordinals::counted(set.start, reserve).within(window);
         ports.extend(
             reserved
                 .iter()
@@ -412,10 +428,11 @@ impl Plan {
     }
 }
 
-/// The ordinals that need a Service: every replica the spec asks for and every pod that still exists
-/// (Terminating ones included) — a draining bridge keeps its port until it is really gone.
+/// The ordinals that need a Service: every replica the spec asks for (`spec.ordinals.start` on; none once
+/// the StatefulSet is being deleted) and every pod that still exists (Terminating ones included) — a
+/// draining bridge keeps its port until it is really gone.
 pub fn wanted(set: &SetView) -> Ordinals {
-    let mut ordinals = Ordinals::first(set.replicas);
+    let mut ordinals = set.replica_ordinals();
     for ordinal in set.pods.keys() {
         ordinals.insert(*ordinal);
     }
@@ -651,17 +668,14 @@ pub fn controller_uid(service: &Service) -> Option<&str> {
         .map(|owner| owner.uid.as_str())
 }
 
-/// Whether `actual` carries exactly the node ports `desired` wants. A Service whose node port must change
-/// is replaced, not edited: its old port belonged to a bridge that is gone (a pod created under another
-/// base, or a hand edit), and an update that moves a node port leaks it in the API server's allocator
-/// whenever it races with another write to the Service (the garbage collector's, say).
+/// Whether `actual` holds exactly the node port *number* `desired` wants. A Service whose number must
+/// change is replaced, not edited: its old port belonged to a bridge that is gone (a pod created under
+/// another base, or a hand edit), and an update that moves a node port leaks it in the API server's
+/// allocator whenever it races with another write to the Service (the garbage collector's, say).
+/// Protocols added or removed keep the number (the API server allocates a number once for all its
+/// protocols): those are patched in place.
 pub fn node_ports_match(desired: &DesiredService, actual: &Service) -> bool {
-    let mut wanted: Vec<i32> = desired
-        .protocols
-        .iter()
-        .map(|_| i32::from(desired.port))
-        .collect();
-    let mut found: Vec<i32> = actual
+    let found: BTreeSet<i32> = actual
         .spec
         .as_ref()
         .and_then(|spec| spec.ports.as_ref())
@@ -669,9 +683,7 @@ pub fn node_ports_match(desired: &DesiredService, actual: &Service) -> bool {
         .flatten()
         .filter_map(|port| port.node_port)
         .collect();
-    wanted.sort_unstable();
-    found.sort_unstable();
-    wanted == found
+    found == BTreeSet::from([i32::from(desired.port)])
 }
 
 /// Whether `actual` already carries every field of `desired` as we would apply it. Fields other
@@ -739,8 +751,10 @@ mod tests {
             uid: format!("uid-{name}"),
             opt_in: opt_in(base_port),
             replicas,
+            start: 0,
+            deleting: false,
             created: 100,
-            pods: BTreeMap::new(),
+            pods: Arc::default(),
         }
     }
 
@@ -770,7 +784,7 @@ mod tests {
     #[test]
     fn wanted_ordinals_keep_pods_beyond_replicas() {
         let mut view = set("jvb", 30300, 1);
-        view.pods.extend([pod("jvb", 0, None), pod("jvb", 2, None)]);
+        Arc::make_mut(&mut view.pods).extend([pod("jvb", 0, None), pod("jvb", 2, None)]);
         assert_eq!(wanted(&view).to_string(), "0, 2");
         assert_eq!(wanted(&set("jvb", 30300, 3)).to_string(), "0–2");
     }
@@ -789,7 +803,7 @@ mod tests {
     #[test]
     fn plan_gives_each_ordinal_base_plus_ordinal() {
         let mut view = set("jvb", 30300, 2);
-        view.pods.extend([pod("jvb", 0, None), pod("jvb", 4, None)]);
+        Arc::make_mut(&mut view.pods).extend([pod("jvb", 0, None), pod("jvb", 4, None)]);
         let plan = plan(&view, &limits(), &BTreeMap::new());
         assert_eq!(
             ports(&plan),
@@ -970,7 +984,7 @@ mod tests {
     #[test]
     fn an_existing_pod_keeps_the_port_it_was_created_with() {
         let mut view = set("jvb", 30400, 3);
-        view.pods.extend([
+        Arc::make_mut(&mut view.pods).extend([
             pod("jvb", 0, Some(30300)),
             pod("jvb", 1, Some(30300)),
             pod("jvb", 2, None),
@@ -993,7 +1007,7 @@ mod tests {
     fn a_replica_never_takes_the_port_of_a_pod_created_under_another_base() {
         // Pod 5 was created with base 30295: it holds 30300, which ordinal 0 would get under base 30300.
         let mut view = set("jvb", 30300, 1);
-        view.pods.extend([pod("jvb", 5, Some(30295))]);
+        Arc::make_mut(&mut view.pods).extend([pod("jvb", 5, Some(30295))]);
         let plan = plan(&view, &limits(), &BTreeMap::new());
         assert_eq!(ports(&plan), vec![("jvb-5".into(), 30300)]);
         assert_eq!(plan.refusals[0].reason(), "PortConflict");

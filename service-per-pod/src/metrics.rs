@@ -22,10 +22,16 @@ pub enum Category {
     ForeignService,
     /// The API server refused the node port (allocated by another Service).
     NodePortRefused,
+    /// The API server refused a write for another reason: a quota, an admission policy, RBAC.
+    WriteRefused,
+    /// A mode switch the API server would refuse: the old mode's objects stay.
+    ModeSwitchRefused,
+    /// Pods in another namespace that name a StatefulSet as their owner: ignored.
+    ForeignOwner,
 }
 
 impl Category {
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 11] = [
         Category::Api,
         Category::InvalidAnnotation,
         Category::PortOutOfRange,
@@ -34,6 +40,9 @@ impl Category {
         Category::InvalidServiceName,
         Category::ForeignService,
         Category::NodePortRefused,
+        Category::WriteRefused,
+        Category::ModeSwitchRefused,
+        Category::ForeignOwner,
     ];
 
     /// From the CamelCase reasons used in Events; `None` for what is news, not a problem.
@@ -46,6 +55,10 @@ impl Category {
             "InvalidServiceName" => Some(Category::InvalidServiceName),
             "ForeignService" => Some(Category::ForeignService),
             "NodePortRefused" => Some(Category::NodePortRefused),
+            "WriteRefused" => Some(Category::WriteRefused),
+            "ApiUnavailable" => Some(Category::Api),
+            "ModeSwitchRefused" => Some(Category::ModeSwitchRefused),
+            "ForeignOwner" => Some(Category::ForeignOwner),
             _ => None,
         }
     }
@@ -64,6 +77,7 @@ pub struct Metrics {
     pub managed_services: Gauge,
     pub port_conflicts: Gauge,
     pub refused_node_ports: Gauge,
+    pub foreign_owner_pods: Gauge,
     pub leader: Gauge,
     pub writes: Family<WriteLabels, Counter>,
 }
@@ -92,6 +106,7 @@ impl Metrics {
             managed_services: Gauge::default(),
             port_conflicts: Gauge::default(),
             refused_node_ports: Gauge::default(),
+            foreign_owner_pods: Gauge::default(),
             leader: Gauge::default(),
             writes: Family::default(),
         };
@@ -126,6 +141,11 @@ impl Metrics {
             "refused_node_ports",
             "Node ports the API server refused (allocated elsewhere), each retried within 30 s",
             metrics.refused_node_ports.clone(),
+        );
+        prefixed.register(
+            "foreign_owner_pods",
+            "Pods in another namespace than the StatefulSet they name as owner: never given its Services",
+            metrics.foreign_owner_pods.clone(),
         );
         prefixed.register(
             "leader",

@@ -22,6 +22,16 @@ impl Ordinals {
         set
     }
 
+    /// `start..start + count`, cut at `u32::MAX` (empty when `count` is 0): the ordinals of a StatefulSet
+    /// whose `spec.ordinals.start` is `start`.
+    pub fn counted(start: u32, count: u32) -> Self {
+        let mut set = Self::new();
+        if count > 0 {
+            set.insert_range(start..=start.saturating_add(count - 1));
+        }
+        set
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -64,13 +64,16 @@ proptest! {
             uid: "uid".into(),
             opt_in: opt_in.clone(),
             replicas,
+            start: 0,
+            deleting: false,
             created: 5,
-            pods: pods
-                .iter()
-                .map(|(ordinal, base)| {
-                    (*ordinal, PodView { name: format!("{name}-{ordinal}"), uid: format!("p{ordinal}"), base_port: *base, endpoint: None })
-                })
-                .collect(),
+            pods: std::sync::Arc::new(
+                pods.iter()
+                    .map(|(ordinal, base)| {
+                        (*ordinal, PodView { name: format!("{name}-{ordinal}"), uid: format!("p{ordinal}"), base_port: *base, endpoint: None })
+                    })
+                    .collect(),
+            ),
         };
         let mut claims: Vec<Claim> = others
             .iter()

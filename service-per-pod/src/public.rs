@@ -70,8 +70,16 @@ fn ports_of(wanted: &DesiredService) -> Vec<Value> {
 
 /// The Service as created and patched: exactly the fields this controller owns. Every pod that exists is
 /// a second owner, so the Service outlives a deleted StatefulSet while its bridges drain.
-pub fn service_manifest(name: &str, set: &SetKey, owner_uid: &str, wanted: &[DesiredService]) -> Value {
-    let ports: Vec<Value> = wanted
+/// `kept`: port entries carried over as they are (those of ordinals the planner refuses keep what they
+/// have).
+pub fn service_manifest(
+    name: &str,
+    set: &SetKey,
+    owner_uid: &str,
+    wanted: &[DesiredService],
+    kept: &[Value],
+) -> Value {
+    let mut ports: Vec<Value> = wanted
         .iter()
         .flat_map(|service| {
             ports_of(service).into_iter().map(move |mut port| {
@@ -81,6 +89,9 @@ pub fn service_manifest(name: &str, set: &SetKey, owner_uid: &str, wanted: &[Des
             })
         })
         .collect();
+    ports.extend(kept.iter().cloned());
+    // In a stable order, so that an unchanged set of ports is an unchanged list.
+    ports.sort_by_key(|port| port["port"].as_u64().unwrap_or(0) * 4 + u64::from(port["protocol"] == "TCP"));
     let mut owners = vec![json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet", "name": set.name, "uid": owner_uid, "controller": true,
     })];
@@ -173,8 +184,10 @@ fn contains(actual: &Value, wanted: &Value) -> bool {
 }
 
 /// The merge patch that repairs an object we control into `wanted`: our fields (lists replaced whole),
-/// bound to the UID we looked at so it never lands on another object that took the name meanwhile.
-pub fn repair_patch(wanted: &Value, actual_uid: Option<&str>) -> Value {
+/// bound to the UID we looked at so it never lands on another object that took the name meanwhile —
+/// and, with `version`, to the resourceVersion too (the API server then fails it on a concurrent write
+/// instead of retrying it internally).
+pub fn repair_patch(wanted: &Value, actual_uid: Option<&str>, version: Option<&str>) -> Value {
     let mut patch = wanted.clone();
     if let Some(object) = patch.as_object_mut() {
         object.remove("apiVersion");
@@ -184,6 +197,9 @@ pub fn repair_patch(wanted: &Value, actual_uid: Option<&str>) -> Value {
         metadata.remove("name");
         metadata.remove("namespace");
         metadata.insert("uid".to_owned(), json!(actual_uid));
+        if let Some(version) = version {
+            metadata.insert("resourceVersion".to_owned(), json!(version));
+        }
     }
     patch
 }
@@ -224,6 +240,7 @@ mod tests {
                 wanted(0, &[Protocol::Udp], true),
                 wanted(2, &[Protocol::Udp], false),
             ],
+            &[],
         );
         assert_eq!(manifest["spec"]["type"], "LoadBalancer");
         assert_eq!(manifest["spec"]["externalTrafficPolicy"], "Cluster");
@@ -250,6 +267,7 @@ mod tests {
             &set(),
             "u",
             &[wanted(4, &[Protocol::Udp, Protocol::Tcp], false)],
+            &[],
         );
         let names: Vec<&str> = manifest["spec"]["ports"]
             .as_array()
@@ -295,7 +313,7 @@ mod tests {
 
     #[test]
     fn up_to_date_ignores_defaults_and_others_fields_but_not_a_changed_list() {
-        let wanted = service_manifest("p", &set(), "u", &[wanted(0, &[Protocol::Udp], false)]);
+        let wanted = service_manifest("p", &set(), "u", &[wanted(0, &[Protocol::Udp], false)], &[]);
         let mut actual = wanted.clone();
         actual["spec"]["clusterIP"] = json!("10.96.0.7");
         actual["metadata"]["labels"]["team"] = json!("media");
@@ -306,7 +324,7 @@ mod tests {
             .unwrap()
             .push(json!({ "name": "9", "protocol": "UDP", "port": 30309 }));
         assert!(!is_up_to_date(&wanted, &actual), "a port too many");
-        let patch = repair_patch(&wanted, Some("abc"));
+        let patch = repair_patch(&wanted, Some("abc"), None);
         assert_eq!(patch["metadata"]["uid"], "abc");
         assert!(patch["metadata"].get("name").is_none() && patch.get("kind").is_none());
     }

@@ -22,6 +22,7 @@ use crate::cached_pod::CachedPod;
 use crate::cli::Cli;
 use crate::desired::{Limits, MANAGED_SELECTOR};
 use crate::grants::Grants;
+use crate::index::{Change, Index};
 use crate::leader::{Elector, Leadership, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Caches, Context};
@@ -51,6 +52,10 @@ impl RunError {
         }
     }
 }
+
+/// Everything is reconciled this often: what a watch may have missed is caught within this time, and a
+/// reconcile with nothing to do writes nothing.
+const RESYNC_PERIOD: Duration = Duration::from_secs(300);
 
 /// Pods of StatefulSets carry this label; watching only them keeps the cache small.
 const STATEFULSET_POD_SELECTOR: &str = "statefulset.kubernetes.io/pod-name";
@@ -159,6 +164,10 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     // Ready once every watch has listed everything once. (Not `Store::wait_until_ready`: its
     // readiness wakes only one waiter, and the controller itself waits on the StatefulSet store.)
     let caches = CacheSync::new(readiness.clone(), 4);
+    // A relist after the first (an outage, a 410) may have replaced deletions we never saw: everything
+    // is reconciled then. So is everything every few minutes, which costs nothing when nothing changed.
+    let (relisted, relists) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let index = Index::default();
     let (set_store, set_writer) = reflector::store();
     let set_stream = reflector::reflector(
         set_writer,
@@ -175,31 +184,33 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         ),
     )
     .applied_objects();
-    let (service_store, service_writer) = reflector::store();
-    let service_stream = reflector::reflector(
-        service_writer,
+    let service_stream = indexed(
         caches.track(
             watcher(services, watcher::Config::default().labels(MANAGED_SELECTOR))
                 .modify(crate::desired::slim_service)
                 .backoff(WatchBackoff::default()),
         ),
-    )
-    .touched_objects();
-    let (pod_store, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        // Of a pod: identity, owners, deletion state, its pod-index label and base-port annotation, and for
-        // `LoadBalancer` mode its node, IP and Ready condition (`CachedPod::slim`).
+        relisted.clone(),
+        {
+            let index = index.clone();
+            move |event| index.apply_service(event)
+        },
+    );
+    // Of a pod: identity, owners, deletion state, its pod-index label and base-port annotation, and for
+    // `LoadBalancer` mode its node, IP and deletion state (`CachedPod::slim`).
+    let pod_stream = indexed(
         caches.track(
             watcher(pods, watcher::Config::default().labels(STATEFULSET_POD_SELECTOR))
                 .modify(CachedPod::slim)
                 .backoff(WatchBackoff::default()),
         ),
-    )
-    .touched_objects();
-    let (slice_store, slice_writer) = reflector::store();
-    let slice_stream = reflector::reflector(
-        slice_writer,
+        relisted.clone(),
+        {
+            let index = index.clone();
+            move |event| index.apply_pod(event)
+        },
+    );
+    let slice_stream = indexed(
         caches.track(
             watcher(
                 slices,
@@ -208,9 +219,21 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             .modify(slim)
             .backoff(WatchBackoff::default()),
         ),
-    )
-    .touched_objects();
+        relisted,
+        {
+            let index = index.clone();
+            move |event| index.apply_slice(event)
+        },
+    );
 
+    let opted_in = {
+        let store = set_store.clone();
+        move |namespace: &str, name: &str| {
+            store
+                .get(&ObjectRef::<StatefulSet>::new(name).within(namespace))
+                .is_some_and(|set| set.annotations().contains_key(crate::annotations::BASE_PORT))
+        }
+    };
     let controller = Controller::for_stream(set_stream, set_store.clone())
         .with_config(controller::Config::default().concurrency(4))
         // Each watch backs off on its own (WatchBackoff). The controller's default would add a second,
@@ -226,15 +249,21 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             let set = slice.labels().get(crate::desired::STATEFULSET_LABEL)?;
             Some(ObjectRef::<StatefulSet>::new(set).within(&namespace))
         })
-        .watches_stream(pod_stream, |pod: CachedPod| {
+        .watches_stream(pod_stream, move |pod: CachedPod| {
+            // Pods of StatefulSets that have not opted in cost one lookup, nothing more.
             let namespace = pod.namespace()?;
             let owner = pod
                 .owner_references()
                 .iter()
                 .find(|o| o.controller == Some(true) && o.kind == "StatefulSet")?;
-            Some(ObjectRef::<StatefulSet>::new(&owner.name).within(&namespace))
+            opted_in(&namespace, &owner.name)
+                .then(|| ObjectRef::<StatefulSet>::new(&owner.name).within(&namespace))
         })
-        .reconcile_all_on(became_leader(leadership.clone(), metrics.clone()));
+        .reconcile_all_on(futures::stream::select_all([
+            became_leader(leadership.clone(), metrics.clone()).boxed(),
+            tokio_stream_of(relists).boxed(),
+            resync(RESYNC_PERIOD).boxed(),
+        ]));
 
     let reporter = Reporter {
         controller: "service-per-pod".to_owned(),
@@ -242,9 +271,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     };
     let caches = Caches {
         statefulsets: set_store,
-        services: service_store,
-        pods: pod_store,
-        slices: slice_store,
+        index,
         synced: readiness.clone(),
     };
     let ctx = Arc::new(Context::new(
@@ -417,4 +444,45 @@ impl Iterator for NoTriggerBackoff {
 
 impl kube::runtime::utils::Backoff for NoTriggerBackoff {
     fn reset(&mut self) {}
+}
+
+/// A watch whose events update the index before they trigger reconciles: a reconcile never reads an
+/// index older than the event that caused it. A completed relist after the first also asks for a
+/// reconcile of everything.
+fn indexed<K, S>(
+    events: S,
+    relisted: tokio::sync::mpsc::UnboundedSender<()>,
+    apply: impl Fn(&watcher::Event<K>) -> Change + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Clone + Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let mut listed_once = false;
+    events
+        .inspect(move |event| {
+            if let Ok(event) = event
+                && apply(event) == Change::Relisted
+            {
+                if listed_once {
+                    let _ = relisted.send(());
+                }
+                listed_once = true;
+            }
+        })
+        .touched_objects()
+}
+
+fn tokio_stream_of(
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+/// A `()` every `period` (the first after one period).
+fn resync(period: Duration) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
+    })
 }
