@@ -354,3 +354,72 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
     drop(route);
     fx.namespace.delete().await;
 }
+
+/// A bridge whose probes fail for a while (NotReady, not terminating) in `LoadBalancer` mode: its slice
+/// keeps it ready and serving, so kube-proxy keeps its port and its calls — as NodePort mode's
+/// `publishNotReadyAddresses` does. (Before, the slice followed the Ready condition: kube-proxy rejected
+/// the port and flushed its conntrack entries, every call on that bridge dropped.)
+#[tokio::test]
+async fn a_not_ready_bridge_behind_the_load_balancer_keeps_answering() {
+    dataplane::require();
+    let fx = Fixture::start("dataplane-lb-notready").await;
+    let base = fx.namespace.node_port_block().await;
+    let base_text = base.to_string();
+    fx.create(&statefulset_annotating_pods(
+        "jvb",
+        2,
+        &[
+            (BASE_PORT, &base_text),
+            ("service-per-pod/expose", "LoadBalancer"),
+        ],
+    ))
+    .await;
+    fx.wait_for_services(&["jvb-public"], 60 * SECOND).await;
+    let load_balancer = Ipv4Addr::new(10, 250, 1, 11);
+    let ingress =
+        json!({ "status": { "loadBalancer": { "ingress": [{ "ip": load_balancer.to_string() }] } } });
+    fx.services()
+        .patch_status("jvb-public", &PatchParams::default(), &Patch::Merge(ingress))
+        .await
+        .unwrap();
+    let route = dataplane::ClientRoute::to_first_node(load_balancer);
+    let pods_api: Api<Pod> = fx.namespace.api();
+    let pods = running_pods(&pods_api, "jvb", 2).await;
+    let mut nets = Vec::new();
+    for (name, pod) in &pods {
+        let ordinal: u16 = name.rsplit('-').next().unwrap().parse().unwrap();
+        let mut net = PodNet::attach(pod);
+        net.serve_udp(base + ordinal);
+        nets.push(net);
+    }
+    let port = base + 1;
+    answers(load_balancer, port, Some("jvb-1"), 15 * SECOND).await;
+    // Its readiness probe fails: the kubelet marks it NotReady (the pod's status, as the kubelet writes it).
+    let not_ready = json!({ "status": { "conditions": [
+        { "type": "Ready", "status": "False", "reason": "ProbeFailed" },
+        { "type": "ContainersReady", "status": "False" },
+    ] } });
+    pods_api
+        .patch_status("jvb-1", &PatchParams::default(), &Patch::Strategic(not_ready))
+        .await
+        .unwrap();
+    eventually("jvb-1 NotReady", 10 * SECOND, || async {
+        let pod = pods_api.get("jvb-1").await.ok()?;
+        let ready = pod.status?.conditions?.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then_some(())
+    })
+    .await;
+    let probes = always_answers(load_balancer, port, "jvb-1", 5 * SECOND).await;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = fx.namespace.api();
+    let slice = slices.get("jvb-public-1").await.unwrap();
+    let conditions = slice.endpoints.unwrap()[0].conditions.clone().unwrap();
+    assert_eq!(
+        (conditions.ready, conditions.serving, conditions.terminating),
+        (Some(true), Some(true), Some(false)),
+        "a NotReady bridge stays in its slice as it is"
+    );
+    println!("jvb-1 NotReady: {probes} of {probes} probes through {load_balancer}:{port} answered by it");
+    drop(nets);
+    drop(route);
+    fx.namespace.delete().await;
+}

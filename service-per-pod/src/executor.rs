@@ -75,6 +75,19 @@ pub fn refused_node_ports(message: &str) -> BTreeSet<u16> {
         .collect()
 }
 
+/// Whether every cause the API server gave is a node port already allocated (and nothing else wrong).
+fn only_node_ports_allocated(status: &kube::core::Status) -> bool {
+    let causes = status
+        .details
+        .as_ref()
+        .map(|details| details.causes.as_slice())
+        .unwrap_or_default();
+    !causes.is_empty()
+        && causes.iter().all(|cause| {
+            cause.field.ends_with(".nodePort") && cause.message.contains("provided port is already allocated")
+        })
+}
+
 fn failed(error: kube::Error) -> Outcome {
     match error {
         kube::Error::Api(status) => Outcome::Failed {
@@ -115,6 +128,24 @@ impl Writer<'_> {
         dry_run: bool,
         tolerated: &BTreeSet<u16>,
     ) -> Outcome {
+        if dry_run {
+            // A create of a name that exists is refused for its node ports before its name is checked:
+            // the name is looked up first, or a foreign Service would pass for our own ports.
+            match self.services().get_opt(name).await {
+                Ok(Some(existing)) if desired::controller_uid(&existing) == Some(self.owner_uid) => {
+                    return Outcome::Done { uid: None };
+                }
+                Ok(Some(_)) => {
+                    return Outcome::Foreign {
+                        message: format!(
+                            "a Service named {name} exists and is not controlled by this StatefulSet; it is left untouched"
+                        ),
+                    };
+                }
+                Ok(None) => {}
+                Err(error) => return failed(error),
+            }
+        }
         let service: Service = match serde_json::from_value(manifest.clone()) {
             Ok(service) => service,
             Err(error) => {
@@ -154,7 +185,7 @@ impl Writer<'_> {
                 }
                 let ports = refused_node_ports(&status.message);
                 let beyond: BTreeSet<u16> = ports.difference(tolerated).copied().collect();
-                if dry_run && !ports.is_empty() && beyond.is_empty() {
+                if dry_run && !ports.is_empty() && beyond.is_empty() && only_node_ports_allocated(&status) {
                     // Refused only for the node ports the objects it replaces hold: accepted.
                     return Outcome::Done { uid: None };
                 }

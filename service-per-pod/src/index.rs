@@ -223,9 +223,18 @@ impl ServiceIndex {
                 .insert(name.clone());
         }
         if let Some(set) = set_label_key(&namespace, service.labels()) {
+            // The StatefulSet that controls the Service holds its ports; the label only speaks for an
+            // orphan (a label anyone who may edit the Service can change).
+            let controller = service
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|owner| owner.controller == Some(true) && owner.kind == "StatefulSet")
+                .map(|owner| owner.name.clone());
             let holder = SetKey {
                 namespace: namespace.clone(),
-                name: set.1.clone(),
+                name: controller.unwrap_or_else(|| set.1.clone()),
             };
             let ports = service.spec.as_ref().and_then(|spec| spec.ports.as_ref());
             for node_port in ports.into_iter().flatten().filter_map(|port| port.node_port) {

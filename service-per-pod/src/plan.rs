@@ -189,7 +189,7 @@ fn node_port_services(
         let actual = inputs
             .services
             .iter()
-            .chain(inputs.orphans)
+            .chain(adoptable(inputs))
             .find(|service| service.name_any() == wanted.name);
         match actual {
             Some(actual) if actual.metadata.deletion_timestamp.is_some() => {}
@@ -253,8 +253,15 @@ fn create_per_pod(
     }
 }
 
-/// Our per-pod Services (and orphans) no StatefulSet ordinal wants any more, or of `NodePort` mode
-/// while in `LoadBalancer` mode.
+/// The orphans this plan may adopt: none while the StatefulSet is being deleted (a deletion with
+/// `--cascade=orphan` is what orphans them).
+fn adoptable<'a>(inputs: &'a Inputs<'_>) -> &'a [Arc<Service>] {
+    if inputs.set.deleting { &[] } else { inputs.orphans }
+}
+
+/// Our per-pod Services no StatefulSet ordinal wants any more, or of `NodePort` mode while in
+/// `LoadBalancer` mode. Only Services the StatefulSet controls: an orphan is adopted when wanted and
+/// otherwise left alone, as the StatefulSet controller leaves orphaned pods.
 fn unwanted_per_pod<'a>(inputs: &'a Inputs<'_>, mode: &Mode) -> Vec<&'a Arc<Service>> {
     let wanted = desired::wanted(inputs.set);
     let public_name = match mode {
@@ -264,7 +271,6 @@ fn unwanted_per_pod<'a>(inputs: &'a Inputs<'_>, mode: &Mode) -> Vec<&'a Arc<Serv
     inputs
         .services
         .iter()
-        .chain(inputs.orphans)
         .filter(|service| service.metadata.deletion_timestamp.is_none())
         .filter(|service| {
             let name = service.name_any();
@@ -361,7 +367,7 @@ fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, plan: &mut Plan) {
     let public = inputs
         .services
         .iter()
-        .chain(inputs.orphans)
+        .chain(adoptable(inputs))
         .find(|service| service.name_any() == name && service.metadata.deletion_timestamp.is_none());
     let leftovers = unwanted_per_pod(
         inputs,
@@ -733,6 +739,31 @@ mod tests {
         assert_eq!(
             patch["metadata"]["uid"], "svc-0",
             "bound to the Service we looked at"
+        );
+    }
+
+    #[test]
+    fn an_unwanted_orphan_is_left_alone_and_none_is_adopted_while_the_statefulset_goes() {
+        let two = set(2, &[Protocol::Udp], &[]);
+        let mut orphan = (*per_pod(&two, 1)).clone();
+        orphan.metadata.owner_references = None;
+        let orphans = [Arc::new(orphan)];
+        let one = set(1, &[Protocol::Udp], &[]);
+        let plan = run(
+            &one,
+            &[per_pod(&one, 0)],
+            &orphans,
+            &Waiting::default(),
+            &Mode::NodePort,
+        );
+        assert!(plan.steps.is_empty(), "{:?}", kinds(&plan));
+        let mut going = set(2, &[Protocol::Udp], &[1]);
+        going.deleting = true;
+        let plan = run(&going, &[], &orphans, &Waiting::default(), &Mode::NodePort);
+        assert_eq!(
+            kinds(&plan),
+            ["create Service jvb-1"],
+            "its pod's Service, not the orphan's adoption"
         );
     }
 

@@ -226,12 +226,24 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         },
     );
 
-    let opted_in = {
+    // A pod triggers the reconcile of the StatefulSet that owns it — by namespace, name *and* UID — when
+    // that StatefulSet has opted in: one lookup. A pod naming the UID of a StatefulSet of another namespace
+    // (a forged owner) triggers that StatefulSet, which reports it (the rare path scans the store).
+    let owner_of = {
         let store = set_store.clone();
-        move |namespace: &str, name: &str| {
-            store
-                .get(&ObjectRef::<StatefulSet>::new(name).within(namespace))
-                .is_some_and(|set| set.annotations().contains_key(crate::annotations::BASE_PORT))
+        move |namespace: &str, name: &str, uid: &str| {
+            let local = store.get(&ObjectRef::<StatefulSet>::new(name).within(namespace));
+            let set = match local {
+                Some(set) if set.metadata.uid.as_deref() == Some(uid) => Some(set),
+                _ => store
+                    .state()
+                    .into_iter()
+                    .find(|set| set.metadata.uid.as_deref() == Some(uid)),
+            }?;
+            let namespace = set.namespace()?;
+            set.annotations()
+                .contains_key(crate::annotations::BASE_PORT)
+                .then(|| ObjectRef::<StatefulSet>::new(&set.name_any()).within(&namespace))
         }
     };
     let controller = Controller::for_stream(set_stream, set_store.clone())
@@ -256,8 +268,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 .owner_references()
                 .iter()
                 .find(|o| o.controller == Some(true) && o.kind == "StatefulSet")?;
-            opted_in(&namespace, &owner.name)
-                .then(|| ObjectRef::<StatefulSet>::new(&owner.name).within(&namespace))
+            owner_of(&namespace, &owner.name, &owner.uid)
         })
         .reconcile_all_on(futures::stream::select_all([
             became_leader(leadership.clone(), metrics.clone()).boxed(),
