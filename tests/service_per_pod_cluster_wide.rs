@@ -161,7 +161,10 @@ async fn the_cluster_wide_controller_serves_the_namespaces_granted_and_no_other(
         },
     )
     .await;
-    assert!(reported.contains(&format!("{}/forged-1", tenant.name)), "{reported}");
+    assert!(
+        reported.contains(&format!("{}/forged-1", tenant.name)),
+        "{reported}"
+    );
     assert_eq!(
         controller.metric("service_per_pod_foreign_owner_pods").await - foreign_before,
         1.0
