@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use testbed::eventually;
@@ -22,6 +22,8 @@ const HOLD: &str = "hold";
 const HOLD_BASE: u16 = 32700;
 /// Bridges added one at a time in phase 4.
 const ONE_BY_ONE: usize = 20;
+/// API server restarts in the restarts phase.
+const RESTARTS: usize = 5;
 
 /// p50, p99 and max of a sample, in milliseconds.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +73,8 @@ pub struct Figures {
     pub steady_cpu_seconds: Option<f64>,
     pub scale_to_service: Option<Spread>,
     pub one_by_one_pod_to_service: Option<Spread>,
+    /// The API server killed and started again, then a bridge added: its Service after /readyz.
+    pub restart_to_service: Option<Spread>,
     /// What became of a Terminating bridge's Service at scale-down.
     pub drain: Option<String>,
     /// Whether a StatefulSet can be deleted while the controller is down.
@@ -89,7 +93,8 @@ where
     let seen: Seen = Arc::default();
     let sink = seen.clone();
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default()).boxed();
+        // Backed off: the restarts phase takes the API server away.
+        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
         while let Some(event) = events.next().await {
             if let Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) = event
                 && let Ok(mut seen) = sink.lock()
@@ -338,6 +343,13 @@ pub async fn measure(run: &mut Running, sizes: Sizes) -> Figures {
     }
     eprintln!("    one at a time done");
 
+    // 4b. Restarts: the API server killed and started again, then a bridge added to `hold` — how soon
+    // after the API server is ready again is it served.
+    if run.kind.has_controller() {
+        figures.restart_to_service = Some(restarts(run, &services_seen).await);
+        eprintln!("    restarts done");
+    }
+
     // 5. Correctness: a draining bridge at scale-down, and a StatefulSet deleted with its controller down.
     if run.kind.has_controller() {
         figures.drain = Some(drain(run).await);
@@ -346,6 +358,71 @@ pub async fn measure(run: &mut Running, sizes: Sizes) -> Figures {
         figures.deleted_while_down = Some(delete_while_down(run).await);
     }
     figures
+}
+
+/// Whether the API server answers `/readyz` with ok.
+async fn api_server_ready(admin: &kube::Client) -> bool {
+    let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), admin.request_text(request)).await,
+        Ok(Ok(text)) if text.trim() == "ok"
+    )
+}
+
+/// [`RESTARTS`] times: kube-apiserver killed, started again after 3 s, and once `/readyz` answers ok,
+/// `hold` grows by one bridge; the time from `/readyz` to that bridge's Service. `hold` is back at 3
+/// bridges afterwards.
+async fn restarts(run: &Running, services_seen: &Seen) -> Spread {
+    let admin = run.cluster.admin();
+    let mut served = Vec::new();
+    for round in 0..RESTARTS {
+        let apiserver = testbed::control_plane::kill("kube-apiserver");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        apiserver.start();
+        eventually("the API server ready", Duration::from_secs(180), || async {
+            api_server_ready(&admin).await.then_some(())
+        })
+        .await;
+        let ready = Instant::now();
+        let replicas = 4 + round;
+        let patch = json!({ "spec": { "replicas": replicas } });
+        eventually("the scale request accepted", Duration::from_secs(60), || async {
+            run.sets()
+                .patch(HOLD, &PatchParams::default(), &Patch::Merge(patch.clone()))
+                .await
+                .ok()
+        })
+        .await;
+        let name = format!("{HOLD}-{}", replicas - 1);
+        let at = eventually(&format!("Service {name}"), Duration::from_secs(600), || async {
+            seen_since(services_seen, &name, ready)
+        })
+        .await;
+        served.push(signed_ms(ready, at));
+        eprintln!(
+            "    restart {}: {name} served {:.0} ms after /readyz",
+            round + 1,
+            signed_ms(ready, at)
+        );
+    }
+    scale(run, HOLD, 3).await;
+    eventually("hold back at 3 Services", Duration::from_secs(300), || async {
+        let services = run
+            .services()
+            .list(&kube::api::ListParams::default())
+            .await
+            .ok()?;
+        let held = services
+            .items
+            .iter()
+            .filter(|service| service.name_any().starts_with(&format!("{HOLD}-")))
+            .count();
+        (held == 3).then_some(())
+    })
+    .await;
+    Spread::of(served)
 }
 
 /// `hold` scaled 3 → 1 while pod `hold-2` is held Terminating: what becomes of its Service.

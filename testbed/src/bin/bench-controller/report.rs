@@ -101,6 +101,12 @@ fn rows(sizes: Sizes) -> Vec<Row> {
             None,
         ),
         row(
+            "kube-apiserver killed and restarted (5 times), then a bridge added: its Service after /readyz, p50 / p99 / max"
+                .to_owned(),
+            Box::new(|f| fine_spread(f.restart_to_service)),
+            Some(|f| Some(f.restart_to_service?.max)),
+        ),
+        row(
             "scale 3 → 1 while pod 2 drains (held Terminating): its Service".to_owned(),
             Box::new(|f| f.drain.clone()),
             None,
