@@ -13,7 +13,7 @@
 //!
 //! The controllers' CPU time and peak RSS are read from /proc. Prints a markdown report. Needs a
 //! cluster nothing else uses (the counts are cluster-wide). Environment: BENCH_SETS, BENCH_PODS,
-//! BENCH_STEADY_SECS to try smaller sizes; BENCH_SUBJECTS (`ours,mc-tuned,mc-default,floor`, the
+//! BENCH_STEADY_SECS to try smaller sizes; BENCH_RUNS (medians of that many runs); BENCH_SUBJECTS (`ours,mc-tuned,mc-default,floor`, the
 //! default) to run some; BENCH_METACONTROLLER, BENCH_METACONTROLLER_CRDS, BENCH_JSONNET_HOOKS (set by
 //! xtask) or BENCH_METACONTROLLER_MISSING (why it could not be built).
 
@@ -85,16 +85,34 @@ async fn main() {
         }
     }
 
-    let mut columns = Vec::new();
-    for kind in kinds {
-        eprintln!("==> {}: starting in a fresh namespace", kind.label());
-        let mut run = Running::start(kind).await;
-        let figures = phases::measure(&mut run, sizes).await;
-        eprintln!("==> {}: done, removing its namespace", run.kind.label());
-        let label = run.kind.label();
-        run.remove().await;
-        columns.push((label, figures));
+    // BENCH_RUNS runs of every column, interleaved (the machine's drift is shared), then each figure's
+    // median per column.
+    let runs = setting("BENCH_RUNS", 1).max(1) as usize;
+    let mut measured: Vec<(&str, Vec<phases::Figures>)> =
+        kinds.iter().map(|kind| (kind.label(), Vec::new())).collect();
+    for round in 0..runs {
+        for (index, kind) in kinds.iter().enumerate() {
+            // metacontroller (about 20 minutes a run at its default QPS) is the reference, measured once;
+            // the targets are ours against the floor, both measured in every run.
+            if round > 0 && matches!(kind, subject::Kind::Metacontroller { .. }) {
+                continue;
+            }
+            eprintln!(
+                "==> {} (run {} of {runs}): starting in a fresh namespace",
+                kind.label(),
+                round + 1
+            );
+            let mut run = Running::start(kind.clone()).await;
+            let figures = phases::measure(&mut run, sizes).await;
+            eprintln!("==> {}: done, removing its namespace", run.kind.label());
+            run.remove().await;
+            measured[index].1.push(figures);
+        }
     }
+    let columns: Vec<(&str, phases::Figures)> = measured
+        .iter()
+        .map(|(label, figures)| (*label, phases::Figures::median(figures)))
+        .collect();
 
     println!(
         "# service-per-pod benchmark\n\nMachine: {}.\n\
@@ -107,8 +125,16 @@ async fn main() {
          (`bench/metacontroller/`, served by go-jsonnet), at its default client QPS 5 / burst 10 and at \
          QPS 1000 / burst 2000; the floor: the same Services created by the benchmark itself, 32 at a \
          time, while the StatefulSet controller creates the same pods. Ratios divide ours by the other \
-         column (lower is better; for p50 / p99 / max rows, the p99).\n",
-        machine_line()
+         column (lower is better; for p50 / p99 / max rows, the p99). {}\n",
+        machine_line(),
+        if runs > 1 {
+            format!(
+                "Each figure of service-per-pod and of the floor is the median of {runs} runs, interleaved; \
+                 metacontroller's columns are one run."
+            )
+        } else {
+            "One run of each column.".to_owned()
+        }
     );
     print!("{}", report::render(&columns, sizes));
     if let Err(why) = metacontroller {

@@ -83,6 +83,78 @@ pub struct Figures {
     pub hooks: Option<Cost>,
 }
 
+/// The median of a sample (the lower middle of an even one).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn median_of<T>(
+    runs: &[Figures],
+    pick: impl Fn(&Figures) -> Option<T>,
+    fold: impl Fn(Vec<T>) -> T,
+) -> Option<T> {
+    let values: Vec<T> = runs.iter().filter_map(pick).collect();
+    (!values.is_empty()).then(|| fold(values))
+}
+
+fn median_spread(values: Vec<Spread>) -> Spread {
+    Spread {
+        p50: median(values.iter().map(|s| s.p50).collect()),
+        p99: median(values.iter().map(|s| s.p99).collect()),
+        max: median(values.iter().map(|s| s.max).collect()),
+    }
+}
+
+impl Figures {
+    /// Each figure's median over several runs of one column; the verdicts of the correctness checks are
+    /// those of every run, when they differ.
+    pub fn median(runs: &[Figures]) -> Figures {
+        let number = |pick: fn(&Figures) -> f64| median(runs.iter().map(pick).collect());
+        let spread = |pick: fn(&Figures) -> Option<Spread>| median_of(runs, pick, median_spread);
+        let optional = |pick: fn(&Figures) -> Option<f64>| median_of(runs, pick, median);
+        let verdict = |pick: fn(&Figures) -> Option<String>| {
+            let mut all: Vec<String> = runs.iter().filter_map(pick).collect();
+            all.dedup();
+            (!all.is_empty()).then(|| all.join(" / "))
+        };
+        let cost = |pick: fn(&Figures) -> Option<Cost>| {
+            median_of(runs, pick, |costs| Cost {
+                cpu_seconds: median(costs.iter().map(|c| c.cpu_seconds).collect()),
+                peak_rss_mib: median(costs.iter().map(|c| c.peak_rss_mib).collect()),
+            })
+        };
+        Figures {
+            bulk_seconds: number(|f| f.bulk_seconds),
+            set_to_all: spread(|f| f.set_to_all),
+            bulk_pod_to_service: spread(|f| f.bulk_pod_to_service),
+            bulk_service_writes: number(|f| f.bulk_service_writes),
+            bulk_cpu_seconds: optional(|f| f.bulk_cpu_seconds),
+            steady: median_of(
+                runs,
+                |f| f.steady,
+                |all| SteadyWrites {
+                    services: median(all.iter().map(|w| w.services).collect()),
+                    statefulsets: median(all.iter().map(|w| w.statefulsets).collect()),
+                    events: median(all.iter().map(|w| w.events).collect()),
+                    leases: median(all.iter().map(|w| w.leases).collect()),
+                },
+            ),
+            steady_cpu_seconds: optional(|f| f.steady_cpu_seconds),
+            scale_to_service: spread(|f| f.scale_to_service),
+            one_by_one_pod_to_service: spread(|f| f.one_by_one_pod_to_service),
+            restart_to_service: spread(|f| f.restart_to_service),
+            drain: verdict(|f| f.drain.clone()),
+            deleted_while_down: verdict(|f| f.deleted_while_down.clone()),
+            controller: cost(|f| f.controller),
+            hooks: cost(|f| f.hooks),
+        }
+    }
+}
+
 /// When each object (by UID) was first seen, under its name.
 type Seen = Arc<Mutex<HashMap<String, (String, Instant)>>>;
 
