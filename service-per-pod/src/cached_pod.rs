@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::{Deserialize, Serialize};
 
 /// The label the StatefulSet controller puts the pod's ordinal in (Kubernetes 1.28 and later; older
@@ -15,7 +15,7 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct CachedPod {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "read_metadata")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Spec,
@@ -44,6 +44,36 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     pub status: String,
+}
+
+/// A pod's metadata, read without building what the cache drops: the parser skips managedFields (a tree
+/// of JSON values per field manager, the largest part of a pod's metadata) instead of allocating it for
+/// `slim` to free. Pod events are most of what the controller reads.
+fn read_metadata<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Kept {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        owner_references: Option<Vec<OwnerReference>>,
+        deletion_timestamp: Option<Time>,
+        labels: Option<BTreeMap<String, String>>,
+        annotations: Option<BTreeMap<String, String>>,
+    }
+    let kept = Kept::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: kept.name,
+        namespace: kept.namespace,
+        uid: kept.uid,
+        resource_version: kept.resource_version,
+        owner_references: kept.owner_references,
+        deletion_timestamp: kept.deletion_timestamp,
+        labels: kept.labels,
+        annotations: kept.annotations,
+        ..ObjectMeta::default()
+    })
 }
 
 impl CachedPod {
@@ -108,13 +138,14 @@ mod tests {
                 "labels": { "apps.kubernetes.io/pod-index": "0", "app": "jvb", "controller-revision-hash": "jvb-1" },
                 "annotations": { "service-per-pod/base-port": "30300", "prometheus.io/scrape": "true" },
                 "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "jvb", "uid": "s1", "controller": true }],
-                "generateName": "jvb-",
+                "generateName": "jvb-", "resourceVersion": "42", "deletionTimestamp": "2026-12-05T10:00:00Z",
                 "managedFields": [{ "manager": "kubelet", "operation": "Update" }] },
             "spec": { "nodeName": "node-1", "containers": [{ "name": "jvb", "image": "jitsi/jvb" }] },
             "status": { "podIP": "10.0.0.5", "phase": "Running", "conditions": [
                 { "type": "PodScheduled", "status": "True" }, { "type": "Ready", "status": "True" } ] }
         });
         let mut cached: CachedPod = serde_json::from_value(pod).unwrap();
+        assert!(cached.metadata.managed_fields.is_none(), "never parsed");
         cached.slim();
         assert_eq!(cached.metadata.name.as_deref(), Some("jvb-0"));
         assert_eq!(cached.spec.node_name.as_deref(), Some("node-1"));
@@ -133,6 +164,8 @@ mod tests {
         assert_eq!(cached.metadata.annotations.as_ref().unwrap().len(), 1);
         assert_eq!(cached.metadata.owner_references.as_ref().unwrap()[0].name, "jvb");
         assert!(cached.metadata.generate_name.is_none());
+        assert_eq!(cached.metadata.resource_version.as_deref(), Some("42"));
+        assert!(cached.metadata.deletion_timestamp.is_some());
         // A pod just created has neither status nor node.
         let fresh: CachedPod =
             serde_json::from_value(serde_json::json!({ "metadata": { "name": "jvb-1" } })).unwrap();

@@ -1,12 +1,13 @@
 //! The watch caches of pods, Services and EndpointSlices, indexed as the events arrive: a reconcile
 //! finds a StatefulSet's pods, its Services and the node ports every StatefulSet holds by lookups, never
-//! by walking every object of the cluster. A watch's relist (after an outage, a 410) replaces that
-//! watch's part of the index at once, when the list is complete.
+//! by walking every object of the cluster. A watch's relist (after an outage, a 410) files what it lists
+//! as it comes and, when the list is complete, drops what it did not name. Pods are kept as `PodView`s
+//! and Services as `CachedService`s: only what a reconcile reads.
 //!
 //! Pods are indexed by namespace *and* owner UID: a pod in another namespace that names a StatefulSet's
 //! UID as its owner (a forged owner reference, kept alive by a finalizer) is never that StatefulSet's.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Service;
@@ -16,6 +17,7 @@ use kube::runtime::watcher::Event;
 
 use crate::annotations;
 use crate::cached_pod::{CachedPod, POD_INDEX_LABEL};
+use crate::cached_service::CachedService;
 use crate::desired::{self, PodView, STATEFULSET_LABEL, SetKey};
 use crate::public::Endpoint;
 
@@ -35,7 +37,7 @@ struct PodIndex {
 
 #[derive(Debug, Default)]
 struct ServiceIndex {
-    by_name: HashMap<Key, Arc<Service>>,
+    by_name: HashMap<Key, CachedService>,
     /// (namespace, controller UID) → names.
     by_controller: HashMap<Key, BTreeSet<String>>,
     /// (namespace, StatefulSet name of our label) → names: orphans are found here.
@@ -52,12 +54,15 @@ struct SliceIndex {
     filed: HashMap<Key, String>,
 }
 
-/// A relist under way: the objects listed so far replace the index when the list is complete.
+/// A relist under way: the listed objects are filed as they come (their state is at least as fresh as
+/// what they replace) and their keys noted; when the list is complete, whatever it did not name is
+/// dropped. (Buffering the list to swap it in whole held two copies of every object for as long as a
+/// relist took: after an API server restart, all four watches at once.)
 #[derive(Debug, Default)]
 struct Relists {
-    pods: Option<Vec<CachedPod>>,
-    services: Option<Vec<Service>>,
-    slices: Option<Vec<EndpointSlice>>,
+    pods: Option<HashSet<Key>>,
+    services: Option<HashSet<Key>>,
+    slices: Option<HashSet<Key>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,37 +81,51 @@ pub struct Index {
 
 /// One part of the index: objects of one kind, filed as they arrive.
 trait SubIndex<K> {
-    fn apply(&mut self, object: K);
+    fn apply(&mut self, object: &K);
     fn remove(&mut self, namespace: &str, name: &str);
+    /// The (namespace, name) of every object filed.
+    fn keys(&self) -> Vec<Key>;
 }
 
 impl SubIndex<CachedPod> for PodIndex {
-    fn apply(&mut self, pod: CachedPod) {
-        self.file(&pod);
+    fn apply(&mut self, pod: &CachedPod) {
+        self.file(pod);
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {
         self.unfile(namespace, name);
     }
+
+    fn keys(&self) -> Vec<Key> {
+        self.filed.keys().cloned().collect()
+    }
 }
 
 impl SubIndex<Service> for ServiceIndex {
-    fn apply(&mut self, service: Service) {
+    fn apply(&mut self, service: &Service) {
         self.file(service);
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {
         self.unfile(namespace, name);
     }
+
+    fn keys(&self) -> Vec<Key> {
+        self.by_name.keys().cloned().collect()
+    }
 }
 
 impl SubIndex<EndpointSlice> for SliceIndex {
-    fn apply(&mut self, slice: EndpointSlice) {
-        self.file(slice);
+    fn apply(&mut self, slice: &EndpointSlice) {
+        self.file(slice.clone());
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {
         self.unfile(namespace, name);
+    }
+
+    fn keys(&self) -> Vec<Key> {
+        self.filed.keys().cloned().collect()
     }
 }
 
@@ -191,7 +210,7 @@ impl ServiceIndex {
         let Some(old) = self.by_name.remove(&key) else {
             return;
         };
-        if let Some(uid) = desired::controller_uid(&old) {
+        if let Some(uid) = old.controller_uid() {
             let owner = (namespace.to_owned(), uid.to_owned());
             if let Some(names) = self.by_controller.get_mut(&owner) {
                 names.remove(name);
@@ -200,23 +219,33 @@ impl ServiceIndex {
                 }
             }
         }
-        if let Some(set) = set_label_key(namespace, old.labels())
-            && let Some(names) = self.by_set_label.get_mut(&set)
-        {
-            names.remove(name);
-            if names.is_empty() {
-                self.by_set_label.remove(&set);
+        if let Some(set) = old.label(STATEFULSET_LABEL) {
+            let set = (namespace.to_owned(), set.to_owned());
+            if let Some(names) = self.by_set_label.get_mut(&set) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_set_label.remove(&set);
+                }
             }
         }
-        self.held.retain(|_, (holder, _)| *holder != key);
+        for node_port in old.node_ports() {
+            if self
+                .held
+                .get(&node_port)
+                .is_some_and(|(holder, _)| *holder == key)
+            {
+                self.held.remove(&node_port);
+            }
+        }
     }
 
-    fn file(&mut self, service: Service) {
+    fn file(&mut self, service: &Service) {
         let namespace = service.namespace().unwrap_or_default();
         let name = service.name_any();
         self.unfile(&namespace, &name);
+        let cached = CachedService::new(service);
         let key = (namespace.clone(), name.clone());
-        if let Some(uid) = desired::controller_uid(&service) {
+        if let Some(uid) = cached.controller_uid() {
             self.by_controller
                 .entry((namespace.clone(), uid.to_owned()))
                 .or_default()
@@ -225,26 +254,18 @@ impl ServiceIndex {
         if let Some(set) = set_label_key(&namespace, service.labels()) {
             // The StatefulSet that controls the Service holds its ports; the label only speaks for an
             // orphan (a label anyone who may edit the Service can change).
-            let controller = service
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|owner| owner.controller == Some(true) && owner.kind == "StatefulSet")
-                .map(|owner| owner.name.clone());
             let holder = SetKey {
                 namespace: namespace.clone(),
-                name: controller.unwrap_or_else(|| set.1.clone()),
+                name: cached
+                    .controlling_statefulset()
+                    .map_or_else(|| set.1.clone(), str::to_owned),
             };
-            let ports = service.spec.as_ref().and_then(|spec| spec.ports.as_ref());
-            for node_port in ports.into_iter().flatten().filter_map(|port| port.node_port) {
-                if let Ok(node_port) = u16::try_from(node_port) {
-                    self.held.insert(node_port, (key.clone(), holder.clone()));
-                }
+            for node_port in cached.node_ports() {
+                self.held.insert(node_port, (key.clone(), holder.clone()));
             }
             self.by_set_label.entry(set).or_default().insert(name);
         }
-        self.by_name.insert(key, Arc::new(service));
+        self.by_name.insert(key, cached);
     }
 }
 
@@ -294,22 +315,22 @@ impl Index {
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies one watch event to the part of the index `part` picks; a relist is buffered in `relist`
-    /// and replaces that part when complete.
+    /// Applies one watch event to the part of the index `part` picks; a relist's keys are noted in
+    /// `relist`, and what it did not name is dropped when it is complete.
     fn on_event<K, I>(
         &self,
         event: &Event<K>,
-        part: impl Fn(&mut State) -> (&mut I, &mut Option<Vec<K>>),
+        part: impl Fn(&mut State) -> (&mut I, &mut Option<HashSet<Key>>),
     ) -> Change
     where
-        K: kube::Resource + Clone,
-        I: SubIndex<K> + Default,
+        K: kube::Resource,
+        I: SubIndex<K>,
     {
         let mut state = self.write();
         let (index, relist) = part(&mut state);
         match event {
             Event::Apply(object) => {
-                index.apply(object.clone());
+                index.apply(object);
                 Change::Object
             }
             Event::Delete(object) => {
@@ -317,21 +338,24 @@ impl Index {
                 Change::Object
             }
             Event::Init => {
-                *relist = Some(Vec::new());
+                *relist = Some(HashSet::new());
                 Change::None
             }
             Event::InitApply(object) => {
+                index.apply(object);
                 if let Some(listed) = relist.as_mut() {
-                    listed.push(object.clone());
+                    listed.insert((object.namespace().unwrap_or_default(), object.name_any()));
                 }
                 Change::None
             }
             Event::InitDone => {
-                let mut fresh = I::default();
-                for object in relist.take().unwrap_or_default() {
-                    fresh.apply(object);
+                if let Some(listed) = relist.take() {
+                    for (namespace, name) in index.keys() {
+                        if !listed.contains(&(namespace.clone(), name.clone())) {
+                            index.remove(&namespace, &name);
+                        }
+                    }
                 }
-                *index = fresh;
                 Change::Relisted
             }
         }
@@ -385,7 +409,7 @@ impl Index {
                     .services
                     .by_name
                     .get(&(namespace.to_owned(), name.clone()))
-                    .cloned()
+                    .map(|cached| Arc::new(cached.service()))
             })
             .collect()
     }
@@ -401,8 +425,8 @@ impl Index {
             .into_iter()
             .flatten()
             .filter_map(|name| state.services.by_name.get(&(set.namespace.clone(), name.clone())))
-            .filter(|service| desired::controller_uid(service).is_none())
-            .cloned()
+            .filter(|cached| cached.controller_uid().is_none())
+            .map(|cached| Arc::new(cached.service()))
             .collect()
     }
 
@@ -485,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn a_relist_replaces_the_index_when_it_is_complete() {
+    fn a_relist_drops_what_it_did_not_name_when_it_is_complete() {
         let index = Index::default();
         index.apply_pod(&Event::Apply(pod("jitsi", "jvb-0", "jvb", "u")));
         index.apply_pod(&Event::Apply(pod("jitsi", "jvb-1", "jvb", "u")));
@@ -495,7 +519,7 @@ mod tests {
         assert_eq!(
             index.pods("jitsi", "u").len(),
             2,
-            "unchanged until the list is complete"
+            "nothing dropped until the list is complete"
         );
         assert_eq!(index.apply_pod(&Event::InitDone), Change::Relisted);
         assert_eq!(index.pods("jitsi", "u").keys().copied().collect::<Vec<_>>(), [0]);
@@ -509,5 +533,38 @@ mod tests {
         index.apply_pod(&Event::Apply(pod("jitsi", "jvb-1", "jvb", "u")));
         assert_eq!(seen.len(), 1);
         assert_eq!(index.pods("jitsi", "u").len(), 2);
+    }
+
+    fn service(name: &str, node_port: i32) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": "jitsi", "uid": format!("uid-{name}"),
+                "labels": { STATEFULSET_LABEL: "jvb" },
+                "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "jvb",
+                    "uid": "set-uid", "controller": true }] },
+            "spec": { "type": "NodePort", "ports": [{ "protocol": "UDP", "port": node_port, "nodePort": node_port }] }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_service_relist_frees_the_ports_of_what_it_no_longer_names() {
+        let index = Index::default();
+        index.apply_service(&Event::Apply(service("jvb-0", 30300)));
+        index.apply_service(&Event::Apply(service("jvb-1", 30301)));
+        // While the watch was down, jvb-1 was deleted and jvb-0 moved to 30310.
+        index.apply_service(&Event::Init);
+        index.apply_service(&Event::InitApply(service("jvb-0", 30310)));
+        assert_eq!(
+            index.held_ports().keys().copied().collect::<Vec<_>>(),
+            [30301, 30310],
+            "jvb-0's update is filed at once; jvb-1 stays until the list is complete"
+        );
+        index.apply_service(&Event::InitDone);
+        assert_eq!(index.held_ports().keys().copied().collect::<Vec<_>>(), [30310]);
+        assert_eq!(index.service_count(), 1);
+        let services = index.services_of("jitsi", "set-uid");
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].metadata.name.as_deref(), Some("jvb-0"));
+        assert!(!index.has_services("jitsi", "other-uid"));
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod annotations;
 pub mod cached_pod;
+pub mod cached_service;
 pub mod cli;
 pub mod desired;
 pub mod executor;

@@ -186,7 +186,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     .applied_objects();
     let service_stream = indexed(
         caches.track(
-            watcher(services, watcher::Config::default().labels(MANAGED_SELECTOR))
+            watcher(services, list_config().labels(MANAGED_SELECTOR))
                 .modify(crate::desired::slim_service)
                 .backoff(WatchBackoff::default()),
         ),
@@ -200,7 +200,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     // `LoadBalancer` mode its node, IP and deletion state (`CachedPod::slim`).
     let pod_stream = indexed(
         caches.track(
-            watcher(pods, watcher::Config::default().labels(STATEFULSET_POD_SELECTOR))
+            watcher(pods, list_config().labels(STATEFULSET_POD_SELECTOR))
                 .modify(CachedPod::slim)
                 .backoff(WatchBackoff::default()),
         ),
@@ -391,6 +391,15 @@ impl CacheSync {
         })
     }
 }
+
+/// How the pod and Service watches list: 100 objects a page, not kube-runtime's 500. A relist (after an
+/// API server restart, every watch at once) holds a whole page's body and its parsed objects at a time; at
+/// 2 400 bridges smaller pages cost a few more round trips and keep that peak a fifth of the size.
+fn list_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
+const LIST_PAGE_SIZE: u32 = 100;
 
 fn host_name() -> String {
     std::env::var("HOSTNAME")

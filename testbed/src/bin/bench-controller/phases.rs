@@ -80,6 +80,8 @@ pub struct Figures {
     /// Whether a StatefulSet can be deleted while the controller is down.
     pub deleted_while_down: Option<String>,
     pub controller: Option<Cost>,
+    /// The controller's peak RSS before the restarts phase (bulk, steady state, one by one).
+    pub rss_before_restarts: Option<f64>,
     pub hooks: Option<Cost>,
 }
 
@@ -150,6 +152,7 @@ impl Figures {
             drain: verdict(|f| f.drain.clone()),
             deleted_while_down: verdict(|f| f.deleted_while_down.clone()),
             controller: cost(|f| f.controller),
+            rss_before_restarts: optional(|f| f.rss_before_restarts),
             hooks: cost(|f| f.hooks),
         }
     }
@@ -418,6 +421,7 @@ pub async fn measure(run: &mut Running, sizes: Sizes) -> Figures {
     // 4b. Restarts: the API server killed and started again, then a bridge added to `hold` — how soon
     // after the API server is ready again is it served.
     if run.kind.has_controller() {
+        figures.rss_before_restarts = cost(run.controller.as_ref()).map(|c| c.peak_rss_mib);
         figures.restart_to_service = Some(restarts(run, &services_seen).await);
         eprintln!("    restarts done");
     }

@@ -122,7 +122,12 @@ fn rows(sizes: Sizes) -> Vec<Row> {
             Some(|f| Some(f.controller?.cpu_seconds)),
         ),
         row(
-            "controller peak RSS".to_owned(),
+            "controller peak RSS before the restarts (bulk, steady state, one by one)".to_owned(),
+            Box::new(|f| Some(format!("{:.1} MiB", f.rss_before_restarts?))),
+            Some(|f| f.rss_before_restarts),
+        ),
+        row(
+            "controller peak RSS, whole run".to_owned(),
             Box::new(|f| Some(format!("{:.1} MiB", f.controller?.peak_rss_mib))),
             Some(|f| Some(f.controller?.peak_rss_mib)),
         ),
