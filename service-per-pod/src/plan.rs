@@ -262,7 +262,15 @@ fn adoptable<'a>(inputs: &'a Inputs<'_>) -> &'a [Arc<Service>] {
 /// Our per-pod Services no StatefulSet ordinal wants any more, or of `NodePort` mode while in
 /// `LoadBalancer` mode. Only Services the StatefulSet controls: an orphan is adopted when wanted and
 /// otherwise left alone, as the StatefulSet controller leaves orphaned pods.
+///
+/// None while the StatefulSet is being deleted: the garbage collector ends it. With `--cascade=orphan` it
+/// strips the owner of each pod and Service one by one, so for a moment a pod no longer counts as the
+/// StatefulSet's while its Service still does: deleting that Service would cut the calls of a bridge the
+/// operator meant to keep. With a cascade, the collector deletes the Services itself.
 fn unwanted_per_pod<'a>(inputs: &'a Inputs<'_>, mode: &Mode) -> Vec<&'a Arc<Service>> {
+    if inputs.set.deleting {
+        return Vec::new();
+    }
     let wanted = desired::wanted(inputs.set);
     let public_name = match mode {
         Mode::LoadBalancer { name } => Some(name.as_str()),
@@ -364,6 +372,13 @@ fn entries_of(service: &Service, ordinals: &crate::ordinals::Ordinals) -> Vec<Va
 
 fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, plan: &mut Plan) {
     let set = inputs.set;
+    // The one Service carries every bridge of the set: while the StatefulSet is being deleted it is left
+    // to the garbage collector, as the per-pod Services are (see `unwanted_per_pod`). A patch now would
+    // drop the ports of pods whose owner the collector has already stripped, or give the Service back an
+    // owner that is about to go.
+    if set.deleting {
+        return;
+    }
     let public = inputs
         .services
         .iter()
@@ -905,6 +920,28 @@ mod tests {
         going.deleting = true;
         let plan = run(&going, &[], &[], &Waiting::default(), &Mode::NodePort);
         assert_eq!(kinds(&plan), ["create Service jvb-1"]);
+    }
+
+    #[test]
+    fn a_statefulset_whose_pods_are_orphaned_before_its_services_removes_nothing() {
+        // `--cascade=orphan`: the garbage collector has stripped pods 0 and 2 of their owner, not yet
+        // their Services.
+        let mut going = set(3, &[Protocol::Udp], &[1]);
+        going.deleting = true;
+        let all = set(3, &[Protocol::Udp], &[0, 1, 2]);
+        let services: Vec<_> = (0..3).map(|ordinal| per_pod(&all, ordinal)).collect();
+        let plan = run(&going, &services, &[], &Waiting::default(), &Mode::NodePort);
+        assert!(plan.steps.is_empty(), "{:?}", kinds(&plan));
+
+        let mode = Mode::LoadBalancer {
+            name: "jvb-public".to_owned(),
+        };
+        let public = existing(
+            public::service_manifest("jvb-public", &all.key, &all.uid, &desired_of(&all).services, &[]),
+            "public-uid",
+        );
+        let plan = run(&going, &[public], &[], &Waiting::default(), &mode);
+        assert!(plan.steps.is_empty(), "{:?}", kinds(&plan));
     }
 
     #[test]

@@ -532,12 +532,15 @@ struct Row {
 }
 
 async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Vec<Row> {
-    let pods = pods
+    // Services first, then pods: a pod still listed after its Services were read existed when they were
+    // read, so a Terminating row without its Service is the controller's fault, never this snapshot's
+    // (the other order shows a pod that left between the two reads next to its already deleted Service).
+    let services = services
         .list(&ListParams::default())
         .await
         .map(|l| l.items)
         .unwrap_or_default();
-    let services = services
+    let pods = pods
         .list(&ListParams::default())
         .await
         .map(|l| l.items)
