@@ -78,6 +78,40 @@ fn check_the_main_claim(stdout: &str, service_of: impl Fn(&str) -> String) {
     );
 }
 
+/// With the cluster's monitoring, the demo's Prometheus: its URL, the three queries, and their answers
+/// while the demo runs (three bridges up and their participants, then the drain).
+fn check_prometheus(stdout: &str) {
+    testbed::monitoring::require();
+    assert!(stdout.contains("Prometheus on http://127.0.0.1:"), "{stdout}");
+    for query in [
+        "sum by (jitsi_org_shard) (jitsi_up)",
+        "sum by (jitsi_org_shard) (jitsi_participants)",
+        "count by (jitsi_org_shard) (jitsi_graceful_shutdown == 1 or jitsi_drain == 1)",
+    ] {
+        assert!(stdout.contains(query), "query {query} not shown:\n{stdout}");
+    }
+    let answer = |what: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .unwrap_or_else(|| panic!("no answer to {what}:\n{stdout}"))
+            .to_owned()
+    };
+    // 3 bridges of 4, 7 and 10 participants.
+    assert!(
+        answer("→ bridges up, per shard:").ends_with("shard-0: 3"),
+        "{stdout}"
+    );
+    assert!(
+        answer("→ participants, per shard:").ends_with("shard-0: 21"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Prometheus during the drain, draining bridges: shard-0: "),
+        "{stdout}"
+    );
+}
+
 /// The main job, as `cargo xtask demo --once --dataplane` runs it, in NodePort mode and then with the
 /// shard's bridges behind one load balancer (`--load-balancer`). One after the other: both use the dev
 /// overlay's namespace and node ports.
@@ -92,6 +126,7 @@ async fn the_demo_scenario_holds_in_both_modes() {
     check_the_main_claim(&stdout, |pod| pod.to_owned());
     // What stands in for what is said on screen.
     assert!(stdout.contains("stood in:"), "{stdout}");
+    check_prometheus(&stdout);
 
     let stdout = run_demo(&["--load-balancer"]).await;
     assert!(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod dataplane;
+pub mod monitoring;
 pub mod process;
 pub mod source;
 

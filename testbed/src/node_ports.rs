@@ -4,7 +4,9 @@
 //! A block is held by a Lease `ports-<first>` in the namespace [`REGISTRY`], owned by the test's
 //! namespace: creating it is the atomic claim (a second claimant gets 409 Conflict), and the garbage
 //! collector releases it once that namespace — and with it every Service holding one of the ports — is
-//! gone. A failed test keeps its namespace, and so its ports, until the next run of that test deletes it.
+//! gone. A failed test keeps its namespace for inspection; once the process that claimed a block has
+//! ended, the next claimant deletes that namespace's Services (freeing the ports) and takes the block over,
+//! so one failed test does not make every later test of the same block wait and fail.
 
 use std::time::Duration;
 
@@ -65,18 +67,83 @@ async fn claim(client: &Client, namespace: &str, first: u16) -> bool {
         "metadata": {
             "name": format!("ports-{first}"),
             "ownerReferences": [{ "apiVersion": "v1", "kind": "Namespace", "name": namespace, "uid": uid }],
+            "annotations": { CLAIMANT: this_process() },
         },
         "spec": { "holderIdentity": namespace },
     }))
     .expect("a Lease");
-    match Api::<Lease>::namespaced(client.clone(), REGISTRY)
-        .create(&PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => true,
-        Err(kube::Error::Api(status)) if status.code == 409 => false,
-        Err(error) => panic!("claiming node ports {first}..: {error}"),
+    let leases = Api::<Lease>::namespaced(client.clone(), REGISTRY);
+    for _ in 0..2 {
+        match leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => return true,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                if !take_over_if_abandoned(client, &leases, &format!("ports-{first}")).await {
+                    return false;
+                }
+            }
+            Err(error) => panic!("claiming node ports {first}..: {error}"),
+        }
     }
+    false
+}
+
+/// The annotation naming the process that claimed a block: `<pid>:<start time in clock ticks>`.
+const CLAIMANT: &str = "jitsi-k8s.test/claimant";
+
+/// This process, as [`CLAIMANT`] names it.
+fn this_process() -> String {
+    process_identity(std::process::id()).unwrap_or_default()
+}
+
+/// `<pid>:<start time>` of a running process (the start time tells a reused PID apart).
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let start_time = after_name.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start_time}"))
+}
+
+/// When the process that holds `name` has ended (a failed test), frees the ports its namespace's
+/// Services hold and deletes the claim; true when the block may be claimed again.
+async fn take_over_if_abandoned(client: &Client, leases: &Api<Lease>, name: &str) -> bool {
+    let Ok(Some(lease)) = leases.get_opt(name).await else {
+        // Released meanwhile.
+        return true;
+    };
+    let Some(claimant) = lease.metadata.annotations.as_ref().and_then(|a| a.get(CLAIMANT)) else {
+        return false;
+    };
+    let alive = claimant
+        .split_once(':')
+        .and_then(|(pid, _)| pid.parse().ok())
+        .and_then(process_identity)
+        .is_some_and(|running| &running == claimant);
+    if alive {
+        return false;
+    }
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.holder_identity.clone())
+        .unwrap_or_default();
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &holder);
+    if let Ok(list) = services.list(&Default::default()).await {
+        for service in list.items {
+            let name = service.metadata.name.unwrap_or_default();
+            let _ = services.delete(&name, &Default::default()).await;
+        }
+    }
+    let precondition = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: lease.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let _ = leases.delete(name, &precondition).await;
+    println!("node ports: took over {name} from {holder}, whose test process ended");
+    true
 }
 
 async fn ensure_registry(client: &Client) {
@@ -89,5 +156,21 @@ async fn ensure_registry(client: &Client) {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         Err(error) => panic!("creating namespace {REGISTRY}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimant_is_alive_only_while_its_process_runs() {
+        let me = this_process();
+        assert!(me.starts_with(&format!("{}:", std::process::id())), "{me}");
+        assert_eq!(process_identity(std::process::id()), Some(me));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(process_identity(pid), None, "a reaped process");
     }
 }

@@ -29,6 +29,9 @@ pub enum Action {
         /// Also a real dataplane: node network namespaces with kube-proxy, a client namespace (root).
         #[arg(long, env = "JITSI_K8S_DATAPLANE")]
         dataplane: bool,
+        /// Also the Prometheus Operator, and Prometheus for the pods it creates (implies --dataplane).
+        #[arg(long, env = "JITSI_K8S_MONITORING")]
+        monitoring: bool,
     },
     /// Stop every process the cluster started and remove its state.
     Down,
@@ -40,8 +43,17 @@ pub enum Action {
 
 pub fn run(paths: &Paths, action: Action) -> Result<ExitCode> {
     match action {
-        Action::Up { dataplane } => {
-            up_with(paths, dataplane)?;
+        Action::Up {
+            dataplane,
+            monitoring,
+        } => {
+            up_with(
+                paths,
+                Extras {
+                    dataplane: dataplane || monitoring,
+                    monitoring,
+                },
+            )?;
             println!("export KUBECONFIG={}", paths.kubeconfig().display());
         }
         Action::Down => down(paths)?,
@@ -147,11 +159,29 @@ fn is_healthy(paths: &Paths, state: &State) -> bool {
 
 /// Starts the cluster unless a healthy one runs. Returns true when this call started it.
 pub fn up(paths: &Paths) -> Result<bool> {
-    up_with(paths, false)
+    up_with(paths, Extras::default())
 }
 
-/// As [`up`], with the real dataplane when `dataplane` (added to a running cluster that lacks it).
-pub fn up_with(paths: &Paths, dataplane: bool) -> Result<bool> {
+/// What a cluster may have beyond the control plane and its KWOK nodes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras {
+    /// Node network namespaces with kube-proxy and kube-router, a client namespace (`dataplane.rs`).
+    pub dataplane: bool,
+    /// The Prometheus Operator and the programs of its pods (`monitoring.rs`); needs the dataplane.
+    pub monitoring: bool,
+}
+
+impl Extras {
+    /// Everything: what the tests run on.
+    pub const ALL: Extras = Extras {
+        dataplane: true,
+        monitoring: true,
+    };
+}
+
+/// As [`up`], with the extras asked for (added to a running cluster that lacks them).
+pub fn up_with(paths: &Paths, extras: Extras) -> Result<bool> {
+    let dataplane = extras.dataplane || extras.monitoring;
     if let Some(mut state) = load_state(paths) {
         if is_healthy(paths, &state) {
             println!(
@@ -161,6 +191,9 @@ pub fn up_with(paths: &Paths, dataplane: bool) -> Result<bool> {
             if dataplane && !local_cluster::dataplane::is_up() {
                 let kubernetes_bin = gobuild::KUBERNETES.ensure_built(&paths.go_modules(), &paths.cache)?;
                 crate::dataplane::up(paths, &mut state, &kubernetes_bin)?;
+            }
+            if extras.monitoring && !local_cluster::monitoring::is_up(&paths.cluster) {
+                crate::monitoring::up(paths, &mut state)?;
             }
             return Ok(false);
         }
@@ -331,6 +364,9 @@ pub fn up_with(paths: &Paths, dataplane: bool) -> Result<bool> {
     );
     if dataplane {
         crate::dataplane::up(paths, &mut state, &kubernetes_bin)?;
+    }
+    if extras.monitoring {
+        crate::monitoring::up(paths, &mut state)?;
     }
     Ok(true)
 }

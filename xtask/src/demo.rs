@@ -33,7 +33,14 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
     packages::ensure_prosody()?;
     packages::ensure_python_venv()?;
     println!("==> local control plane (built from the Go module proxy the first time: a few minutes)");
-    let started_cluster = cluster::up_with(paths, args.dataplane)?;
+    let started_cluster = cluster::up_with(
+        paths,
+        cluster::Extras {
+            dataplane: args.dataplane,
+            // With real packets, also a real Prometheus scraping the bridges in their pods.
+            monitoring: args.dataplane,
+        },
+    )?;
     println!("==> building the daemons and the demo (cargo; minutes when cold)");
     let built = cargo::run(paths, &["build", "--workspace", "--bins", "--locked"], &[])?;
     let outcome = if built {

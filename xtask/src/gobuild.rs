@@ -53,6 +53,61 @@ pub const KWOK: GoProgram = GoProgram {
     ldflags: |_| String::new(),
 };
 
+/// The Prometheus Operator and its config reloader, for `cargo xtask cluster up --monitoring`: the operator
+/// turns our PodMonitors and PrometheusRules into a Prometheus configuration, the reloader runs in the
+/// Prometheus pod as the operator's StatefulSet says.
+pub const PROMETHEUS_OPERATOR: GoProgram = GoProgram {
+    wrapper: "prometheus-operator",
+    module: "github.com/prometheus-operator/prometheus-operator",
+    commands: &[
+        (
+            "operator",
+            "github.com/prometheus-operator/prometheus-operator/cmd/operator",
+        ),
+        (
+            "prometheus-config-reloader",
+            "github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader",
+        ),
+    ],
+    tags: "",
+    ldflags: |version| {
+        format!(
+            "-X github.com/prometheus/common/version.Version={} \
+             -X github.com/prometheus/common/version.Branch=release",
+            version.trim_start_matches('v')
+        )
+    },
+};
+
+/// Prometheus itself (module v0.3XX.Y is release v3.XX.Y), running the configuration the operator
+/// generates. Built without its web UI's assets (`builtinassets`): the API and `/-/reload` are all the
+/// tests use.
+pub const PROMETHEUS: GoProgram = GoProgram {
+    wrapper: "prometheus",
+    module: "github.com/prometheus/prometheus",
+    commands: &[("prometheus", "github.com/prometheus/prometheus/cmd/prometheus")],
+    tags: "",
+    // What `prometheus --version` and its build_info say.
+    ldflags: |version| {
+        format!(
+            "-X github.com/prometheus/common/version.Version={}",
+            prometheus_release(version)
+        )
+    },
+};
+
+/// Prometheus's release for its module version: v0.305.0 → 3.5.0.
+pub fn prometheus_release(version: &str) -> String {
+    version
+        .trim_start_matches("v0.")
+        .split_once('.')
+        .and_then(|(minor, patch)| {
+            let minor = minor.parse::<u32>().ok()?.checked_sub(300)?;
+            Some(format!("3.{minor}.{patch}"))
+        })
+        .unwrap_or_else(|| version.to_owned())
+}
+
 /// The Go exporter operators run today, for the exporter benchmark.
 pub const JITSI_MEET_EXPORTER: GoProgram = GoProgram {
     wrapper: "prometheus-jitsi-meet-exporter",
@@ -259,6 +314,13 @@ fn run_with_heartbeat(command: &mut Command, what: &str) -> Result<std::process:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_module_versions_name_their_release() {
+        assert_eq!(prometheus_release("v0.305.0"), "3.5.0");
+        assert_eq!(prometheus_release("v0.316.1"), "3.16.1");
+        assert_eq!(prometheus_release("v2.53.0"), "v2.53.0");
+    }
 
     #[test]
     fn pinned_version_reads_single_and_block_requires() {

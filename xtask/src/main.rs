@@ -14,6 +14,7 @@ mod demo;
 mod gobuild;
 mod images;
 mod jitsi_images;
+mod monitoring;
 mod packages;
 mod paths;
 mod pki;

@@ -64,7 +64,7 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         );
     }
     // With the real dataplane: the tests of tests/dataplane.rs send packets through it.
-    let started_cluster = cluster::up_with(paths, true)?;
+    let started_cluster = cluster::up_with(paths, cluster::Extras::ALL)?;
     let kubeconfig = paths.kubeconfig().display().to_string();
     let netpol_verdicts = gobuild::NETPOL_VERDICTS
         .ensure_built(&paths.go_modules(), &paths.cache)?

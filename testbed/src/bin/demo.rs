@@ -22,6 +22,8 @@ use testbed::daemon::Daemon;
 use testbed::dataplane::PodNet;
 use testbed::haproxy::{self, Dns, Replica, ShardWeb, Wiring};
 use testbed::manifests::{self, named, repo_root};
+use testbed::monitoring::{PrometheusServer, Stack, our_programs};
+use testbed::pod_runtime::PodRuntime;
 use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
 use testbed::service_per_pod::start_controller;
 use testbed::{Cluster, promtool};
@@ -49,12 +51,32 @@ type Failure = String;
 /// and, once its pod is Terminating, the real preStop hook (`jvb-startup drain`) draining it.
 struct Bridge {
     stub: BridgeStub,
-    exporter: Daemon,
+    exporter: Exporter,
     drain: Option<tokio::process::Child>,
     /// With `--dataplane`: the pod on its node's network, answering UDP on its port.
     net: Option<PodNet>,
     /// Where the internet reaches it: its node's address and its node port.
     media: Option<(std::net::Ipv4Addr, u16)>,
+}
+
+/// Where a bridge's jvb-exporter runs: on this host, or — with the cluster's monitoring — in the bridge's
+/// pod, at its pod IP, where Prometheus discovers and scrapes it.
+enum Exporter {
+    Host(Daemon),
+    Pod {
+        runtime: Box<PodRuntime>,
+        admin: std::net::SocketAddr,
+    },
+}
+
+impl Exporter {
+    /// Where this host reads its `/metrics`.
+    fn admin(&self) -> std::net::SocketAddr {
+        match self {
+            Exporter::Host(daemon) => daemon.admin,
+            Exporter::Pod { admin, .. } => *admin,
+        }
+    }
 }
 
 /// Holds a bridge pod in Terminating while its preStop hook runs, as the kubelet does: KWOK deletes a
@@ -108,6 +130,8 @@ jitsi-k8s demo — manifests/overlays/dev on a local Kubernetes control plane
   --dataplane: each KWOK node is a network namespace running a real kube-proxy (nftables); each bridge pod
                gets a network namespace answering UDP on its port; UDP REACHABLE is a datagram sent from
                a client namespace to the bridge's node address and node port, answered by that pod
+               (with the cluster's monitoring: the bridges' jvb-exporter containers run in their pods,
+               and the Prometheus Operator's Prometheus, real, discovers and scrapes them there)
 ";
 
 async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), Failure> {
@@ -116,6 +140,9 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
             "--dataplane needs the cluster's dataplane: `cargo xtask demo --dataplane` starts it".to_owned(),
         );
     }
+    // With the dataplane and the cluster's monitoring, the exporters run in their pods and a real
+    // Prometheus scrapes them.
+    let monitored = dataplane && local_cluster::monitoring::is_up(&local_cluster::ClusterDir::discover());
     delete_namespace(cluster).await;
     step("apply manifests/overlays/dev (server-side, as `kubectl apply --server-side -k`)");
     let output = Command::new("kubectl")
@@ -185,11 +212,35 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
         None
     };
 
+    let prometheus = if monitored {
+        step(
+            "Prometheus (real), configured by the Prometheus Operator (real) from the overlay's PodMonitors and rules",
+        );
+        let prometheus = PrometheusServer::start(cluster, Stack::KubePrometheus).await;
+        println!(
+            "  Prometheus on {}  (kube-prometheus's Prometheus monitoring/k8s)",
+            prometheus.url
+        );
+        // Built from the Go module, which carries no web UI assets: its HTTP API is what answers.
+        println!(
+            "  query it: curl -s '{}/api/v1/query' --data-urlencode 'query=...'",
+            prometheus.url
+        );
+        for (what, query) in QUERIES {
+            println!("    {what:<28} {query}");
+        }
+        Some(prometheus)
+    } else {
+        None
+    };
+
     let bridges: Bridges = Arc::default();
     let _follower = AbortOnDrop(tokio::spawn(follow_bridges(
+        cluster.clone(),
         pods.clone(),
         bridges.clone(),
         dataplane,
+        monitored,
     )));
 
     step("Prosody (real) with the room census, prosody-exporter (real), two people in a room");
@@ -236,12 +287,29 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
         converge(&pods, &services, &bridges, replicas as usize, dataplane).await?;
         println!("{}", table(&pods, &services, &bridges).await);
     }
+    if let Some(prometheus) = &prometheus {
+        show_queries(prometheus, &QUERIES[..2], 3).await?;
+    }
     scale(cluster, 1).await?;
+    let drain_seen = prometheus.as_ref().map(|prometheus| {
+        let (url, query) = (prometheus.url.clone(), QUERIES[2].1);
+        tokio::spawn(async move { first_answer(&url, query).await })
+    });
     watch_drain(&pods, &services, &bridges).await?;
+    if let Some(seen) = drain_seen {
+        let answer = seen
+            .await
+            .map_err(|e| format!("the draining query: {e}"))?
+            .ok_or("Prometheus never answered the draining bridges' query during the drain")?;
+        println!("  Prometheus during the drain, {} {answer}", QUERIES[2].0);
+    }
     converge(&pods, &services, &bridges, 1, dataplane).await?;
     println!("{}", table(&pods, &services, &bridges).await);
 
-    println!("\n{}", look_around(&controller, &prosody_exporter, &haproxy));
+    println!(
+        "\n{}",
+        look_around(&controller, &prosody_exporter, &haproxy, prometheus.as_ref())
+    );
     if !once {
         // At a terminal the screen is redrawn; in a log, a table is printed only when it changed.
         let live = std::io::stdout().is_terminal();
@@ -253,7 +321,7 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
                 print!("\x1b[2J\x1b[H");
                 println!(
                     "{}\n\n{now}",
-                    look_around(&controller, &prosody_exporter, &haproxy)
+                    look_around(&controller, &prosody_exporter, &haproxy, prometheus.as_ref())
                 );
             } else if now != shown {
                 println!("{now}");
@@ -262,6 +330,102 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// What the demo suggests pasting into Prometheus, each returning data while it runs.
+const QUERIES: [(&str, &str); 3] = [
+    ("bridges up, per shard:", "sum by (jitsi_org_shard) (jitsi_up)"),
+    (
+        "participants, per shard:",
+        "sum by (jitsi_org_shard) (jitsi_participants)",
+    ),
+    (
+        "draining bridges:",
+        "count by (jitsi_org_shard) (jitsi_graceful_shutdown == 1 or jitsi_drain == 1)",
+    ),
+];
+
+/// Waits until Prometheus has scraped every one of `bridges` bridges, then prints each query's answer.
+async fn show_queries(
+    prometheus: &PrometheusServer,
+    queries: &[(&str, &str)],
+    bridges: usize,
+) -> Result<(), Failure> {
+    step("Prometheus's answers to the first two queries");
+    wait(
+        &format!("Prometheus to have scraped the {bridges} bridges"),
+        || async {
+            let up = prometheus.query("count(jitsi_up == 1)").await;
+            let scraped = prometheus.query("count(jitsi_participants)").await;
+            let count = |series: &[(serde_json::Map<String, serde_json::Value>, f64)]| {
+                series.first().map_or(0.0, |(_, value)| *value)
+            };
+            (count(&up) >= bridges as f64 && count(&scraped) >= bridges as f64).then_some(())
+        },
+    )
+    .await?;
+    for (what, query) in queries {
+        println!("  → {what:<28} {}", describe(&prometheus.query(query).await));
+    }
+    Ok(())
+}
+
+/// The first non-empty answer to `query` within two minutes.
+async fn first_answer(url: &str, query: &str) -> Option<String> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let answer: Option<serde_json::Value> = async {
+            let body = http
+                .get(format!(
+                    "{url}/api/v1/query?query={}",
+                    testbed::monitoring::url_encode(query)
+                ))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            serde_json::from_str(&body).ok()
+        }
+        .await;
+        if let Some(result) = answer
+            .as_ref()
+            .and_then(|a| a["data"]["result"].as_array())
+            .filter(|r| !r.is_empty())
+        {
+            let series: Vec<(serde_json::Map<String, serde_json::Value>, f64)> = result
+                .iter()
+                .map(|s| {
+                    let labels = s["metric"].as_object().cloned().unwrap_or_default();
+                    let value = s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(f64::NAN);
+                    (labels, value)
+                })
+                .collect();
+            return Some(describe(&series));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
+}
+
+/// `shard-0: 3` for each series.
+fn describe(series: &[(serde_json::Map<String, serde_json::Value>, f64)]) -> String {
+    series
+        .iter()
+        .map(|(labels, value)| {
+            let shard = labels
+                .get("jitsi_org_shard")
+                .and_then(|s| s.as_str())
+                .unwrap_or("(no shard)");
+            format!("{shard}: {value}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Stops the bridge follower when the scenario ends or is dropped (Ctrl-C), so it starts nothing more.
@@ -308,7 +472,13 @@ async fn running_pods(pods: &Api<Pod>, prefix: &str) -> Vec<Pod> {
 
 /// Gives every Running bridge pod its simulated bridge and exporter; runs the preStop hook of each pod
 /// that starts terminating and lets the pod go when the hook returns; stops those of pods that left.
-async fn follow_bridges(pods: Api<Pod>, bridges: Bridges, dataplane: bool) {
+async fn follow_bridges(
+    cluster: Cluster,
+    pods: Api<Pod>,
+    bridges: Bridges,
+    dataplane: bool,
+    monitored: bool,
+) {
     loop {
         let existing: Vec<Pod> = pods
             .list(&ListParams::default())
@@ -325,18 +495,28 @@ async fn follow_bridges(pods: Api<Pod>, bridges: Bridges, dataplane: bool) {
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             match bridges.get_mut(&name) {
                 None if running && pod.metadata.deletion_timestamp.is_none() => {
-                    let mut bridge = start_bridge(&name).await;
+                    let mut bridge = start_bridge(&cluster, pod, monitored).await;
                     if dataplane {
                         let port = media_port(pod);
-                        let mut net = PodNet::attach(pod);
-                        net.serve_udp(port);
+                        let node = pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.clone())
+                            .unwrap_or_default();
+                        match &mut bridge.exporter {
+                            Exporter::Pod { runtime, .. } => runtime.net.serve_udp(port),
+                            Exporter::Host(_) => {
+                                let mut net = PodNet::attach(pod);
+                                net.serve_udp(port);
+                                bridge.net = Some(net);
+                            }
+                        }
                         let address = if load_balanced() {
                             LOAD_BALANCER_IP
                         } else {
-                            testbed::dataplane::node_ip(&net.node)
+                            testbed::dataplane::node_ip(&node)
                         };
                         bridge.media = Some((address, port));
-                        bridge.net = Some(net);
                     }
                     bridges.insert(name.clone(), bridge);
                     let hold = json!({ "metadata": { "finalizers": [PRE_STOP] } });
@@ -363,18 +543,39 @@ async fn follow_bridges(pods: Api<Pod>, bridges: Bridges, dataplane: bool) {
     }
 }
 
-/// Bridge i starts with 4 + 3·i local participants; after a graceful shutdown one leaves every 1.5 s.
-async fn start_bridge(name: &str) -> Bridge {
+/// Bridge i starts with 4 + 3·i local participants; after a graceful shutdown one leaves every 1.5 s
+/// (every 4 s when Prometheus watches, so that a 15 s scrape sees the drain).
+async fn start_bridge(cluster: &Cluster, pod: &Pod, monitored: bool) -> Bridge {
+    let name = pod.name_any();
     let ordinal: u64 = name.rsplit('-').next().and_then(|o| o.parse().ok()).unwrap_or(0);
     let stub = BridgeStub::start(StubConfig {
         participants: Some(4 + 3 * ordinal),
-        leave_every: Some(Duration::from_millis(1500)),
+        leave_every: Some(Duration::from_millis(if monitored { 4000 } else { 1500 })),
         exit_after_empty: Duration::from_millis(500),
         ..StubConfig::default()
     })
     .await;
-    let env = [("JVB_URL", stub.url()), ("SOURCE", "both".to_owned())];
-    let exporter = Daemon::start_with_addr_flag("jvb-exporter", &[], &env, "--listen");
+    let exporter = if monitored {
+        // The pod's own jvb-exporter container, as its manifest runs it, reading the stub at
+        // 127.0.0.1:8080 like the bridge container next to it.
+        let programs = our_programs(&["jvb-exporter"]);
+        let mut runtime =
+            PodRuntime::start_containers(cluster, pod, &programs, Some(&["jvb-exporter"])).await;
+        runtime.forward_in(8080, stub.addr);
+        let admin = runtime.expose(9888);
+        Exporter::Pod {
+            runtime: Box::new(runtime),
+            admin,
+        }
+    } else {
+        let env = [("JVB_URL", stub.url()), ("SOURCE", "both".to_owned())];
+        Exporter::Host(Daemon::start_with_addr_flag(
+            "jvb-exporter",
+            &[],
+            &env,
+            "--listen",
+        ))
+    };
     Bridge {
         stub,
         exporter,
@@ -493,7 +694,7 @@ async fn converge(
             }
             let bridges = bridges.lock().await;
             for name in &wanted {
-                let text = reqwest::get(format!("http://{}/metrics", bridges.get(name)?.exporter.admin))
+                let text = reqwest::get(format!("http://{}/metrics", bridges.get(name)?.exporter.admin()))
                     .await
                     .ok()?
                     .text()
@@ -600,7 +801,7 @@ async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Ve
         };
         let (exporter, participants) = match bridges.get(&name) {
             Some(bridge) => {
-                let text = reqwest::get(format!("http://{}/metrics", bridge.exporter.admin))
+                let text = reqwest::get(format!("http://{}/metrics", bridge.exporter.admin()))
                     .await
                     .ok();
                 let samples = match text {
@@ -726,8 +927,19 @@ async fn watch_drain(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges
     Ok(())
 }
 
-fn look_around(controller: &Daemon, prosody_exporter: &Daemon, haproxy: &Replica) -> String {
+fn look_around(
+    controller: &Daemon,
+    prosody_exporter: &Daemon,
+    haproxy: &Replica,
+    prometheus: Option<&PrometheusServer>,
+) -> String {
     let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
+    let prometheus = prometheus.map_or(String::new(), |prometheus| {
+        format!(
+            "\n  curl -s {}/api/v1/targets     # Prometheus: the targets at their pod IPs; also /api/v1/alerts",
+            prometheus.url
+        )
+    });
     format!(
         "Look around (Ctrl-C tears everything down):\n\
          \x20 export KUBECONFIG={kubeconfig}\n\
@@ -736,7 +948,7 @@ fn look_around(controller: &Daemon, prosody_exporter: &Daemon, haproxy: &Replica
          \x20 curl http://{}/metrics     # service-per-pod\n\
          \x20 curl http://{}/metrics     # prosody-exporter\n\
          \x20 curl http://{}/metrics     # HAProxy's exporter; rooms: curl 'http://{}/?room=x'\n\
-         \x20 logs: {}",
+         \x20 logs: {}{prometheus}",
         controller.admin,
         prosody_exporter.admin,
         haproxy.metrics,
@@ -750,6 +962,10 @@ fn look_around(controller: &Daemon, prosody_exporter: &Daemon, haproxy: &Replica
 }
 
 async fn delete_namespace(cluster: &Cluster) {
+    // The Prometheus the demo asked the operator for lives in `monitoring`.
+    if local_cluster::monitoring::is_up(&local_cluster::ClusterDir::discover()) {
+        testbed::monitoring::remove(cluster, Stack::KubePrometheus).await;
+    }
     let namespaces: Api<Namespace> = Api::all(cluster.admin());
     if namespaces.get_opt(NAMESPACE).await.ok().flatten().is_none() {
         return;
