@@ -44,6 +44,7 @@ fn reloader_image(version: &str) -> String {
 
 /// Starts the operator next to a running control plane with a dataplane.
 pub fn up(paths: &Paths, state: &mut State) -> Result<()> {
+    crate::packages::ensure_commands(&crate::packages::POD_RUNTIME_PROGRAMS)?;
     let modules = paths.go_modules();
     let operator_bin = gobuild::PROMETHEUS_OPERATOR.ensure_built(&modules, &paths.cache)?;
     let prometheus_bin = gobuild::PROMETHEUS.ensure_built(&modules, &paths.cache)?;

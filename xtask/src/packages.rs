@@ -26,6 +26,15 @@ pub const DATAPLANE_PROGRAMS: [(&str, &str); 6] = [
     ("sysctl", "procps"),
 ];
 
+/// What `testbed::pod_runtime` runs a pod's containers with (mount namespace, bind mounts, the pod's
+/// network namespace, the container's root).
+pub const POD_RUNTIME_PROGRAMS: [(&str, &str); 4] = [
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("mount", "mount"),
+    ("chroot", "coreutils"),
+];
+
 /// What the image contract runs: Typesafe Config on Java (the HOCON library of Jicofo and the bridge),
 /// curl (its jar from Maven Central), git (upstream sources), openssl (the images' scripts make
 /// certificates with it).
@@ -46,6 +55,7 @@ pub fn ensure_installed() -> Result<()> {
     which("kubectl").context("kubectl is not installed")?;
     ensure_commands(&TEST_PROGRAMS)?;
     ensure_commands(&DATAPLANE_PROGRAMS)?;
+    ensure_commands(&POD_RUNTIME_PROGRAMS)?;
     ensure_commands(&IMAGE_CONTRACT_PROGRAMS)?;
     ensure_prosody()?;
     ensure_python_venv()
