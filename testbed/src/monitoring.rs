@@ -219,23 +219,11 @@ impl PrometheusServer {
     }
 
     /// An instant query's result vector: `(labels, value)` per series.
-    pub async fn query(&self, promql: &str) -> Vec<(serde_json::Map<String, Value>, f64)> {
-        let encoded: String = url_encode(promql);
-        let data = self.api(&format!("/api/v1/query?query={encoded}")).await;
-        data["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|series| {
-                let labels = series["metric"].as_object().cloned().unwrap_or_default();
-                let value = series["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(f64::NAN);
-                (labels, value)
-            })
-            .collect()
+    pub async fn query(&self, promql: &str) -> Vec<Series> {
+        let data = self
+            .api(&format!("/api/v1/query?query={}", url_encode(promql)))
+            .await;
+        vector(&data)
     }
 
     /// The active targets, as `/api/v1/targets` lists them.
@@ -277,6 +265,41 @@ pub async fn remove(cluster: &Cluster, stack: Stack) {
     let _ = prometheus_api(cluster)
         .delete(stack.prometheus_name(), &DeleteParams::default())
         .await;
+}
+
+/// One series of an instant query: its labels and its value.
+pub type Series = (serde_json::Map<String, Value>, f64);
+
+/// The series of an instant query's `data`.
+fn vector(data: &Value) -> Vec<Series> {
+    data["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|series| {
+            let labels = series["metric"].as_object().cloned().unwrap_or_default();
+            let value = series["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            (labels, value)
+        })
+        .collect()
+}
+
+/// An instant query against the Prometheus at `url`, for a caller that holds only its address; `None`
+/// when it did not answer with a result.
+pub async fn query_at(http: &reqwest::Client, url: &str, promql: &str) -> Option<Vec<Series>> {
+    let body = http
+        .get(format!("{url}/api/v1/query?query={}", url_encode(promql)))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let response: Value = serde_json::from_str(&body).ok()?;
+    (response["status"] == "success").then(|| vector(&response["data"]))
 }
 
 /// Our daemons' programs (`target/<profile>/<name>`), by the last path element of their images' names,

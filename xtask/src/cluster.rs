@@ -503,18 +503,23 @@ fn install_crds(paths: &Paths) -> Result<()> {
         ];
         for file in source.files {
             apply.push(format!("--filename={}", crd_dir.join(file).display()));
-            // gateway.networking.k8s.io_httproutes.yaml → crd/httproutes.gateway.networking.k8s.io
-            let (group, plural) = file
-                .trim_end_matches(".yaml")
-                .split_once('_')
-                .with_context(|| format!("CRD file name {file} is not <group>_<plural>.yaml"))?;
-            names.push(format!("crd/{plural}.{group}"));
+            names.push(crd_name(file)?);
         }
         kubectl_owned(paths, &apply, None).with_context(|| format!("installing the {}", source.what))?;
         kubectl_owned(paths, &names, None)?;
         println!("==> {} {version}: {}", source.module, source.what);
     }
     Ok(())
+}
+
+/// The resource name of the CRD a file holds, as `kubectl wait` takes it:
+/// gateway.networking.k8s.io_httproutes.yaml → crd/httproutes.gateway.networking.k8s.io
+pub(crate) fn crd_name(file: &str) -> Result<String> {
+    let (group, plural) = file
+        .trim_end_matches(".yaml")
+        .split_once('_')
+        .with_context(|| format!("CRD file name {file} is not <group>_<plural>.yaml"))?;
+    Ok(format!("crd/{plural}.{group}"))
 }
 
 /// KWOK has no built-in stages. We use its `general` pod stages — which, like a kubelet, delete a pod

@@ -62,12 +62,7 @@ pub fn up(paths: &Paths, state: &mut State) -> Result<()> {
     ];
     for file in EXTRA_CRDS {
         apply.push(format!("--filename={}", crds.join(file).display()));
-        let plural = file
-            .trim_end_matches(".yaml")
-            .split_once('_')
-            .map(|(group, plural)| format!("crd/{plural}.{group}"))
-            .with_context(|| format!("CRD file name {file} is not <group>_<plural>.yaml"))?;
-        wait.push(plural);
+        wait.push(crate::cluster::crd_name(file)?);
     }
     kubectl_owned(paths, &apply, None).context("installing the Prometheus and Probe CRDs")?;
     kubectl_owned(paths, &wait, None)?;

@@ -22,7 +22,7 @@ use testbed::daemon::Daemon;
 use testbed::dataplane::PodNet;
 use testbed::haproxy::{self, Dns, Replica, ShardWeb, Wiring};
 use testbed::manifests::{self, named, repo_root};
-use testbed::monitoring::{PrometheusServer, Stack, our_programs};
+use testbed::monitoring::{PrometheusServer, Series, Stack, our_programs};
 use testbed::pod_runtime::PodRuntime;
 use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
 use testbed::service_per_pod::start_controller;
@@ -357,9 +357,7 @@ async fn show_queries(
         || async {
             let up = prometheus.query("count(jitsi_up == 1)").await;
             let scraped = prometheus.query("count(jitsi_participants)").await;
-            let count = |series: &[(serde_json::Map<String, serde_json::Value>, f64)]| {
-                series.first().map_or(0.0, |(_, value)| *value)
-            };
+            let count = |series: &[Series]| series.first().map_or(0.0, |(_, value)| *value);
             (count(&up) >= bridges as f64 && count(&scraped) >= bridges as f64).then_some(())
         },
     )
@@ -375,37 +373,10 @@ async fn first_answer(url: &str, query: &str) -> Option<String> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        let answer: Option<serde_json::Value> = async {
-            let body = http
-                .get(format!(
-                    "{url}/api/v1/query?query={}",
-                    testbed::monitoring::url_encode(query)
-                ))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            serde_json::from_str(&body).ok()
-        }
-        .await;
-        if let Some(result) = answer
-            .as_ref()
-            .and_then(|a| a["data"]["result"].as_array())
-            .filter(|r| !r.is_empty())
+        if let Some(series) = testbed::monitoring::query_at(&http, url, query)
+            .await
+            .filter(|series| !series.is_empty())
         {
-            let series: Vec<(serde_json::Map<String, serde_json::Value>, f64)> = result
-                .iter()
-                .map(|s| {
-                    let labels = s["metric"].as_object().cloned().unwrap_or_default();
-                    let value = s["value"][1]
-                        .as_str()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(f64::NAN);
-                    (labels, value)
-                })
-                .collect();
             return Some(describe(&series));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -414,7 +385,7 @@ async fn first_answer(url: &str, query: &str) -> Option<String> {
 }
 
 /// `shard-0: 3` for each series.
-fn describe(series: &[(serde_json::Map<String, serde_json::Value>, f64)]) -> String {
+fn describe(series: &[Series]) -> String {
     series
         .iter()
         .map(|(labels, value)| {
