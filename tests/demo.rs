@@ -1,4 +1,5 @@
-//! `cargo xtask demo --once`: the main job's scenario holds on the local control plane.
+//! `cargo xtask demo --once`: the main job's scenario holds on the local control plane, the autoscaling
+//! loop included (the tests' cluster runs KEDA).
 //! The demo applies the dev overlay, whose bridges take node ports 30300 and up: the test holds that
 //! block for it, so a test elsewhere that uses the same overlay waits instead of colliding.
 
@@ -30,17 +31,16 @@ async fn run_demo(extra: &'static [&'static str]) -> String {
     stdout
 }
 
-/// The rows a bridge's table shows: running with its port, a live exporter and UDP reachable; after the
-/// scale-down, Terminating and reachable while draining, then gone.
-fn check_the_main_claim(stdout: &str, service_of: impl Fn(&str) -> String) {
-    for (pod, port) in [
-        ("shard-0-jvb-0", 30300),
-        ("shard-0-jvb-1", 30301),
-        ("shard-0-jvb-2", 30302),
-    ] {
+/// The rows a bridge's table shows: running with its port, a live exporter and UDP reachable; during a
+/// scale-down, Terminating and reachable while draining; at the end only bridge 0.
+fn check_the_main_claim(stdout: &str, bridges: &[&str], service_of: impl Fn(&str) -> String) {
+    for pod in bridges {
+        let ordinal: u16 = pod.rsplit('-').next().unwrap().parse().unwrap();
+        let port = 30300 + ordinal;
         let service = service_of(pod);
         assert!(
-            stdout.lines().any(|l| l.contains(pod)
+            stdout.lines().any(|l| l.contains(&format!("{pod} "))
+                && l.contains(" Running ")
                 && l.contains(&format!(" {service} "))
                 && l.contains(&port.to_string())
                 && l.contains(" up ")
@@ -48,38 +48,67 @@ fn check_the_main_claim(stdout: &str, service_of: impl Fn(&str) -> String) {
             "no live row for {pod} on {service}, reachable over UDP:\n{stdout}"
         );
     }
-    for (pod, port) in [("shard-0-jvb-1", 30301), ("shard-0-jvb-2", 30302)] {
-        let draining: Vec<&str> = stdout
+    assert!(
+        stdout
             .lines()
-            .filter(|l| {
-                l.contains(pod)
-                    && l.contains("Terminating")
-                    && l.contains(&port.to_string())
-                    && l.trim_end().ends_with("yes")
-            })
-            .collect();
-        assert!(
-            draining.len() >= 2,
-            "{pod} not shown draining with its Service:\n{stdout}"
-        );
-        assert!(
-            stdout.contains(&format!(
-                "{pod}: Terminating with its Service while participants fell"
-            )),
-            "{stdout}"
-        );
-    }
+            .any(|l| l.contains("Terminating") && l.trim_end().ends_with("yes")),
+        "no bridge shown draining with its Service, reachable:\n{stdout}"
+    );
     let last_table = stdout.rsplit("POD ").next().unwrap();
     assert!(
         last_table.contains("shard-0-jvb-0")
-            && !last_table.contains("shard-0-jvb-1")
-            && !last_table.contains("shard-0-jvb-2"),
+            && bridges[1..]
+                .iter()
+                .all(|pod| !last_table.contains(&format!("{pod} "))),
         "the last table still lists a removed bridge or its Service:\n{last_table}"
     );
 }
 
-/// With the cluster's monitoring, the demo's Prometheus: its URL, the three queries, and their answers
-/// while the demo runs (three bridges up and their participants, then the drain).
+/// The autoscaling loop, as the demo reports it: the metric read back through the aggregated API, the
+/// time from each load step to the new bridges answering UDP, one bridge removed at a time, and what the
+/// loop must keep.
+fn check_the_loop(stdout: &str, rise_during_drain: bool) {
+    assert!(
+        stdout.contains("external.metrics.k8s.io answers s0-prometheus = 0.3"),
+        "{stdout}"
+    );
+    for pod in ["shard-0-jvb-1", "shard-0-jvb-2"] {
+        assert!(
+            stdout.contains(&format!("load step → {pod} answering UDP on its Service: ")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(
+            "no Service lost or duplicated, every running or draining bridge answered UDP throughout"
+        ),
+        "{stdout}"
+    );
+    let replicas = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("the StatefulSet's replicas, as the HPA set them: ")
+        })
+        .unwrap_or_else(|| panic!("no replica history:\n{stdout}"));
+    let counts: Vec<i32> = replicas.split(" → ").map(|r| r.parse().unwrap()).collect();
+    assert_eq!(counts.first(), Some(&1), "{replicas}");
+    assert_eq!(counts.last(), Some(&1), "{replicas}");
+    assert!(counts.contains(&3), "{replicas}");
+    if rise_during_drain {
+        assert!(
+            counts.contains(&4),
+            "the held ordinal was not asked for again: {replicas}"
+        );
+        assert!(
+            stdout.contains("load step during the drain → shard-0-jvb-3 answering UDP: "),
+            "{stdout}"
+        );
+    }
+}
+
+/// With the cluster's monitoring, the demo's Prometheus: its URL, the three queries, and the answers to
+/// the first two once the loop is back at one bridge.
 fn check_prometheus(stdout: &str) {
     testbed::monitoring::require();
     assert!(stdout.contains("Prometheus on http://127.0.0.1:"), "{stdout}");
@@ -97,17 +126,13 @@ fn check_prometheus(stdout: &str) {
             .unwrap_or_else(|| panic!("no answer to {what}:\n{stdout}"))
             .to_owned()
     };
-    // 3 bridges of 4, 7 and 10 participants.
+    // One bridge left, carrying the load of 5 participants.
     assert!(
-        answer("→ bridges up, per shard:").ends_with("shard-0: 3"),
+        answer("→ bridges up, per shard:").ends_with("shard-0: 1"),
         "{stdout}"
     );
     assert!(
-        answer("→ participants, per shard:").ends_with("shard-0: 21"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("Prometheus during the drain, draining bridges: shard-0: "),
+        answer("→ participants, per shard:").ends_with("shard-0: 5"),
         "{stdout}"
     );
 }
@@ -123,7 +148,12 @@ async fn the_demo_scenario_holds_in_both_modes() {
     holder.reserve_node_ports(30300).await;
 
     let stdout = run_demo(&[]).await;
-    check_the_main_claim(&stdout, |pod| pod.to_owned());
+    check_the_main_claim(
+        &stdout,
+        &["shard-0-jvb-0", "shard-0-jvb-1", "shard-0-jvb-2", "shard-0-jvb-3"],
+        |pod| pod.to_owned(),
+    );
+    check_the_loop(&stdout, true);
     // What stands in for what is said on screen.
     assert!(stdout.contains("stood in:"), "{stdout}");
     check_prometheus(&stdout);
@@ -133,6 +163,11 @@ async fn the_demo_scenario_holds_in_both_modes() {
         stdout.contains("shard-0-jvb-public: load balancer address 10.250.1.20"),
         "{stdout}"
     );
-    check_the_main_claim(&stdout, |_| "shard-0-jvb-public".to_owned());
+    check_the_main_claim(
+        &stdout,
+        &["shard-0-jvb-0", "shard-0-jvb-1", "shard-0-jvb-2"],
+        |_| "shard-0-jvb-public".to_owned(),
+    );
+    check_the_loop(&stdout, false);
     holder.delete().await;
 }

@@ -19,8 +19,8 @@ use testbed::{Cluster, eventually};
 
 const DEV: &str = "manifests/overlays/dev";
 const PRODUCTION: &str = "manifests/overlays/production";
-const HPA_STRESS: &str = "manifests/components/hpa-stress";
 const GATEWAY_API: &str = "manifests/components/gateway-api";
+const KUBE_PROMETHEUS_STACK: &str = "manifests/components/kube-prometheus-stack";
 const BASE_PORT: &str = "service-per-pod/base-port";
 const SHARD_LABEL: &str = "jitsi.org/shard";
 
@@ -29,7 +29,7 @@ fn renderings() -> Vec<(&'static str, &'static [&'static str], Vec<Value>)> {
     [
         (DEV, &[][..]),
         (PRODUCTION, &[][..]),
-        (PRODUCTION, &[HPA_STRESS][..]),
+        (PRODUCTION, &[KUBE_PROMETHEUS_STACK][..]),
         (PRODUCTION, &[GATEWAY_API][..]),
     ]
     .into_iter()
@@ -261,12 +261,14 @@ fn alert_for(rules: &str, alert: &str) -> u64 {
     seconds(line.trim())
 }
 
-/// An HPA owns the count of what it scales: a `replicas` in the manifest would be re-applied by every
-/// `kubectl apply`, fighting the autoscaler.
+/// An autoscaler owns the count of what it scales: a `replicas` in the manifest would be re-applied by
+/// every `kubectl apply`, fighting it.
 #[test]
-fn nothing_an_hpa_scales_sets_its_own_replicas() {
+fn nothing_an_autoscaler_scales_sets_its_own_replicas() {
     for (overlay, _, objects) in renderings() {
-        for hpa in of_kind(&objects, "HorizontalPodAutoscaler") {
+        let autoscalers =
+            of_kind(&objects, "HorizontalPodAutoscaler").chain(of_kind(&objects, "ScaledObject"));
+        for hpa in autoscalers {
             let target = &hpa["spec"]["scaleTargetRef"];
             let scaled = named(
                 &objects,
@@ -386,19 +388,19 @@ fn every_shard_is_wired_to_itself_and_owns_a_distinct_port_block() {
                 json!(["/jvb-startup/jvb-startup", "exec", "--", "/init"])
             );
 
-            let hpa = of_kind(&objects, "HorizontalPodAutoscaler")
+            let scaler = of_kind(&objects, "ScaledObject")
                 .find(|h| h["spec"]["scaleTargetRef"]["name"] == set)
-                .unwrap_or_else(|| panic!("{overlay}: no HPA scales {set}"));
+                .unwrap_or_else(|| panic!("{overlay}: no ScaledObject scales {set}"));
             let bounds = (
-                hpa["spec"]["minReplicas"].as_u64(),
-                hpa["spec"]["maxReplicas"].as_u64(),
+                scaler["spec"]["minReplicaCount"].as_u64(),
+                scaler["spec"]["maxReplicaCount"].as_u64(),
             );
             let expected = if overlay == DEV {
-                (Some(1), Some(2))
+                (Some(1), Some(4))
             } else {
                 (Some(2), Some(6))
             };
-            assert_eq!(bounds, expected, "{overlay}: {set}'s HPA");
+            assert_eq!(bounds, expected, "{overlay}: {set}'s ScaledObject");
         }
         if overlay == PRODUCTION {
             assert_eq!(blocks.len(), 2, "production runs two shards");
@@ -486,17 +488,88 @@ fn production_commits_no_secret_and_dev_generates_its_own() {
     }
 }
 
+/// The names in each ScaledObject's query are its own (set by the shard folder's and the overlay's
+/// replacements), its threshold is the 0.6 the query adds per held ordinal, and it asks the Prometheus of
+/// the stack the overlay monitors with.
 #[test]
-fn the_stress_component_scales_on_the_bridges_stress_at_0_8() {
-    let objects = render_overlay("render-only", PRODUCTION, &[HPA_STRESS]);
-    for hpa in of_kind(&objects, "HorizontalPodAutoscaler") {
-        assert_eq!(
-            hpa["spec"]["metrics"],
-            json!([{ "type": "Pods", "pods": {
-                "metric": { "name": "jitsi_stress_level" },
-                "target": { "type": "AverageValue", "averageValue": "800m" } } }])
-        );
+fn every_scaled_object_queries_its_own_shard_in_its_own_namespace() {
+    for (overlay, components, objects) in renderings() {
+        let scalers: Vec<&Value> = of_kind(&objects, "ScaledObject").collect();
+        assert_eq!(scalers.len(), if overlay == DEV { 1 } else { 2 }, "{overlay}");
+        for scaler in scalers {
+            let namespace = scaler["metadata"]["namespace"].as_str().unwrap();
+            let set = scaler["spec"]["scaleTargetRef"]["name"].as_str().unwrap();
+            assert_eq!(scaler["spec"]["scaleTargetRef"]["kind"], "StatefulSet");
+            named(&objects, "StatefulSet", set);
+            let shard = scaler["metadata"]["labels"][SHARD_LABEL].as_str().unwrap();
+            assert_eq!(set, format!("{shard}-jvb"));
+            let trigger = &scaler["spec"]["triggers"][0];
+            assert_eq!(trigger["type"], "prometheus");
+            let query = trigger["metadata"]["query"].as_str().unwrap();
+            for wanted in [
+                format!("{{namespace=\"{namespace}\",jitsi_org_shard=\"{shard}\"}}"),
+                format!("{{statefulset_namespace=\"{namespace}\",statefulset=\"{set}\"}}"),
+            ] {
+                assert!(
+                    query.contains(&wanted),
+                    "{overlay}: {set}: {wanted} not in {query}"
+                );
+            }
+            for placeholder in ["NAMESPACE", "SHARD", "STATEFULSET"] {
+                assert!(!query.contains(placeholder), "{overlay}: {set}: {query}");
+            }
+            let threshold = trigger["metadata"]["threshold"].as_str().unwrap();
+            assert!(
+                query.contains(&format!(
+                    "+ {threshold} * (max(service_per_pod_ordinals_held_by_terminating_pods"
+                )),
+                "{overlay}: a held ordinal must weigh one bridge's threshold {threshold}: {query}"
+            );
+            let server = if components.contains(&KUBE_PROMETHEUS_STACK) {
+                "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+            } else {
+                "http://prometheus-k8s.monitoring.svc:9090"
+            };
+            assert_eq!(
+                trigger["metadata"]["serverAddress"], server,
+                "{overlay} {components:?}"
+            );
+            assert_eq!(trigger["metadata"]["ignoreNullValues"], "false");
+            assert!(of_kind(&objects, "HorizontalPodAutoscaler").next().is_none());
+        }
     }
+}
+
+/// components/hpa-prometheus-adapter, added to a shard folder as its comment says: that shard's
+/// ScaledObject gives way to a plain HPA on the stress level, the other shard keeps KEDA.
+#[test]
+fn the_prometheus_adapter_component_gives_one_shard_a_plain_hpa_on_stress() {
+    let copy = manifests::copy_of_manifests("adapter-component");
+    let shard_1 = copy.join("manifests/overlays/production/shard-1/kustomization.yaml");
+    let text = std::fs::read_to_string(&shard_1).unwrap();
+    std::fs::write(
+        &shard_1,
+        text.replace(
+            "resources:\n  - ../../../base/shard\n",
+            "resources:\n  - ../../../base/shard\ncomponents:\n  - ../../../components/hpa-prometheus-adapter\n",
+        ),
+    )
+    .unwrap();
+    let objects = manifests::render_dir(&copy.join("manifests/overlays/production"));
+    let hpas: Vec<&Value> = of_kind(&objects, "HorizontalPodAutoscaler").collect();
+    assert_eq!(hpas.len(), 1);
+    assert_eq!(name(hpas[0]), "shard-1-jvb");
+    assert_eq!(hpas[0]["spec"]["scaleTargetRef"]["name"], "shard-1-jvb");
+    assert_eq!(
+        hpas[0]["spec"]["metrics"],
+        json!([{ "type": "Pods", "pods": {
+            "metric": { "name": "jitsi_stress_level" },
+            "target": { "type": "AverageValue", "averageValue": "600m" } } }])
+    );
+    let scalers: Vec<&str> = of_kind(&objects, "ScaledObject").map(name).collect();
+    assert_eq!(scalers, ["shard-0-jvb"]);
+    named(&objects, "ConfigMap", "shard-1-prometheus-adapter-rules");
+    std::fs::remove_dir_all(&copy).unwrap();
 }
 
 /// Applies the Namespace of a rendering for real (its Pod Security labels then apply to everything else).
@@ -517,7 +590,7 @@ async fn every_overlay_passes_a_server_side_dry_run_without_a_warning() {
     for (overlay, components) in [
         (DEV, &[][..]),
         (PRODUCTION, &[][..]),
-        (PRODUCTION, &[HPA_STRESS][..]),
+        (PRODUCTION, &[KUBE_PROMETHEUS_STACK][..]),
         (PRODUCTION, &[GATEWAY_API][..]),
     ] {
         let namespace = cluster.namespace("manifests-dry-run").await;
@@ -784,8 +857,12 @@ fn adding_a_shard_as_docs_deploying_says_gives_a_third_wired_shard() {
     named(&objects, "Deployment", "shard-2-jicofo");
     // HAProxy already has a server for it: the Service it resolves now exists.
     every_shard_is_a_haproxy_server("shard-2", &objects, ["shard-2-jvb".to_owned()].iter());
-    let hpa = named(&objects, "HorizontalPodAutoscaler", "shard-2-jvb");
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "shard-2-jvb");
+    let scaler = named(&objects, "ScaledObject", "shard-2-jvb");
+    assert_eq!(scaler["spec"]["scaleTargetRef"]["name"], "shard-2-jvb");
+    let query = scaler["spec"]["triggers"][0]["metadata"]["query"]
+        .as_str()
+        .unwrap();
+    assert!(query.contains("jitsi_org_shard=\"shard-2\"") && query.contains("statefulset=\"shard-2-jvb\""));
     assert_eq!(
         of_kind(&objects, "StatefulSet")
             .filter(|s| name(s).ends_with("-jvb"))

@@ -1,4 +1,4 @@
-//! Every PromQL expression the manifests ship — dashboards, alerts, prometheus-adapter rules — is valid for
+//! Every PromQL expression the manifests ship — dashboards, alerts, ScaledObject queries, prometheus-adapter rules — is valid for
 //! Prometheus (`promtool check rules`), and every metric name in it is one our exporters really produce
 //! (read from their output against a bridge stub, a real Prosody and a real controller) or a standard name
 //! on an explicit list.
@@ -16,7 +16,7 @@ use testbed::daemon::Daemon;
 use testbed::manifests::{self, of_kind};
 use testbed::promql::{HAPROXY_METRICS, KUBERNETES_METRICS};
 use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
-use testbed::service_per_pod::Fixture;
+use testbed::service_per_pod::{Fixture, statefulset};
 
 /// Where an expression comes from, and the expression as Prometheus will see it.
 #[derive(Debug)]
@@ -88,13 +88,28 @@ fn alert_queries(objects: &[Value]) -> Vec<Query> {
     queries
 }
 
-/// prometheus-adapter's rules: `seriesQuery` is a selector; `metricsQuery` a Go template over PromQL,
-/// filled in as the adapter does for one pod. The file is YAML with one quoted value per line.
-fn adapter_queries(objects: &[Value]) -> Vec<Query> {
-    let config_map = of_kind(objects, "ConfigMap")
-        .find(|c| c["metadata"]["name"] == "prometheus-adapter-rules")
-        .expect("the adapter rules ConfigMap");
-    let text = config_map["data"]["config.yaml"].as_str().unwrap();
+/// Each ScaledObject's Prometheus query, as KEDA sends it.
+fn scaled_object_queries(objects: &[Value]) -> Vec<Query> {
+    of_kind(objects, "ScaledObject")
+        .map(|scaler| Query {
+            origin: format!("ScaledObject {}", scaler["metadata"]["name"]),
+            expr: scaler["spec"]["triggers"][0]["metadata"]["query"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        })
+        .collect()
+}
+
+/// prometheus-adapter's rules (components/hpa-prometheus-adapter): `seriesQuery` is a selector;
+/// `metricsQuery` a Go template over PromQL, filled in as the adapter does for one pod. The file is YAML
+/// with one quoted value per line.
+fn adapter_queries() -> Vec<Query> {
+    let text = std::fs::read_to_string(
+        testbed::repo_root()
+            .join("manifests/components/hpa-prometheus-adapter/prometheus-adapter-rules.yaml"),
+    )
+    .unwrap();
     let value = |line: &str, key: &str| -> Option<String> {
         let raw = line.trim().trim_start_matches("- ").strip_prefix(key)?.trim();
         let unquoted = raw.strip_prefix('\'')?.strip_suffix('\'')?;
@@ -132,7 +147,8 @@ fn all_queries() -> (Vec<Query>, Vec<Value>) {
     let mut queries = dashboard_queries(&objects);
     let dashboards = queries.len();
     queries.extend(alert_queries(&objects));
-    queries.extend(adapter_queries(&objects));
+    queries.extend(scaled_object_queries(&objects));
+    queries.extend(adapter_queries());
     assert!(
         dashboards >= 20 && queries.len() > dashboards + 10,
         "found only {queries:?}"
@@ -298,9 +314,22 @@ async fn every_metric_name_used_is_produced_by_our_exporters_or_listed_as_standa
     prosody_exporter.ready().await;
     produced.extend(exposed_names(&scrape(&prosody_exporter).await));
 
-    // The controller, as its manifest runs it.
+    // The controller, as its manifest runs it, with a StatefulSet to report on (its per-StatefulSet
+    // series exist once it has one).
     let fixture = Fixture::start("promql-names").await;
-    produced.extend(exposed_names(&scrape(&fixture.controller).await));
+    let base = fixture.namespace.node_port_block().await.to_string();
+    fixture
+        .create(&statefulset("jvb", 1, &[("service-per-pod/base-port", &base)]))
+        .await;
+    let mut exposed = BTreeSet::new();
+    for _ in 0..100 {
+        exposed = exposed_names(&scrape(&fixture.controller).await);
+        if exposed.contains("service_per_pod_ordinals_held_by_terminating_pods") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    produced.extend(exposed);
 
     let standard: BTreeSet<String> = HAPROXY_METRICS
         .iter()

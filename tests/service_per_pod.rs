@@ -232,10 +232,40 @@ async fn a_terminating_pod_keeps_its_service_until_it_is_gone() {
         fx.service_map().await.keys().cloned().collect::<Vec<_>>(),
         vec!["jvb-0", "jvb-2"]
     );
+    // A scale-down's drain holds no ordinal the StatefulSet wants.
+    held_ordinals_reach(&fx, 0.0).await;
+
+    // The count goes up again during the drain: ordinal 2 is wanted and held until the pod is gone,
+    // what the autoscaler's query asks one bridge more for; ordinal 1 comes back at once.
+    fx.scale("jvb", 3).await;
+    held_ordinals_reach(&fx, 1.0).await;
+    fx.wait_for_services(&["jvb-0", "jvb-1", "jvb-2"], 10 * SECOND)
+        .await;
 
     fx.release("jvb-2").await;
-    fx.wait_for_services(&["jvb-0"], 10 * SECOND).await;
+    held_ordinals_reach(&fx, 0.0).await;
+    fx.scale("jvb", 1).await;
+    fx.wait_for_services(&["jvb-0"], 30 * SECOND).await;
     fx.namespace.delete().await;
+}
+
+/// Waits until the controller reports `held` ordinals held by terminating pods for StatefulSet `jvb`.
+async fn held_ordinals_reach(fx: &Fixture, held: f64) {
+    let series = format!(
+        "service_per_pod_ordinals_held_by_terminating_pods{{statefulset_namespace=\"{}\",statefulset=\"jvb\"}}",
+        fx.namespace.name
+    );
+    eventually(&format!("{series} = {held}"), 30 * SECOND, || async {
+        let metrics = fx.controller.metrics().await;
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{series} ")))?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        (value == held).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod autoscaling;
 pub mod dataplane;
 pub mod monitoring;
 pub mod process;

@@ -62,6 +62,18 @@ impl SetView {
             Ordinals::counted(self.start, self.replicas)
         }
     }
+
+    /// How many ordinals `spec.replicas` asks for are still held by a terminating pod: a bridge that
+    /// drains at an ordinal the StatefulSet wants again (the count went up during its drain). The
+    /// StatefulSet recreates such an ordinal only once the old pod is gone, so an autoscaler that wants
+    /// that much serving capacity must ask for one more replica per held ordinal.
+    pub fn ordinals_held_by_terminating_pods(&self) -> usize {
+        let wanted = self.replica_ordinals();
+        self.pods
+            .iter()
+            .filter(|(ordinal, pod)| pod.terminating && wanted.contains(**ordinal))
+            .count()
+    }
 }
 
 /// One existing pod of a StatefulSet.
@@ -74,6 +86,8 @@ pub struct PodView {
     pub base_port: Option<u16>,
     /// Its address and state, once it has an IP: its EndpointSlice in `LoadBalancer` mode.
     pub endpoint: Option<crate::public::Endpoint>,
+    /// Being deleted (a bridge draining in its preStop hook).
+    pub terminating: bool,
 }
 
 /// What bounds every plan: the API server's node-port range, and the ports the administrator granted.
@@ -766,6 +780,7 @@ mod tests {
                 uid: format!("pod-uid-{ordinal}"),
                 base_port,
                 endpoint: None,
+                terminating: false,
             },
         )
     }
@@ -1223,5 +1238,25 @@ mod tests {
         assert_eq!(slim.metadata.resource_version.as_deref(), Some("42"));
         assert!(slim.metadata.annotations.is_none() && slim.status.is_none());
         assert!(slim.spec.as_ref().unwrap().cluster_ips.is_none());
+    }
+
+    #[test]
+    fn only_terminating_pods_at_wanted_ordinals_hold_capacity() {
+        let mut set = set("jvb", 30300, 2);
+        let mut pods: BTreeMap<u32, PodView> = (0..3).map(|o| pod("jvb", o, Some(30300))).collect();
+        // A scale-down: the pod above the count drains; nothing is held.
+        pods.get_mut(&2).unwrap().terminating = true;
+        set.pods = Arc::new(pods.clone());
+        assert_eq!(set.ordinals_held_by_terminating_pods(), 0);
+        // The count goes up again during the drain: ordinal 2 is wanted and still held.
+        set.replicas = 4;
+        assert_eq!(set.ordinals_held_by_terminating_pods(), 1);
+        // A StatefulSet being deleted wants no ordinal.
+        set.deleting = true;
+        assert_eq!(set.ordinals_held_by_terminating_pods(), 0);
+        set.deleting = false;
+        pods.get_mut(&0).unwrap().terminating = true;
+        set.pods = Arc::new(pods);
+        assert_eq!(set.ordinals_held_by_terminating_pods(), 2);
     }
 }

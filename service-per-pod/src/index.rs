@@ -165,6 +165,7 @@ fn pod_view(pod: &CachedPod) -> PodView {
         uid: pod.uid().unwrap_or_default(),
         base_port: annotations::pod_base_port(pod.annotations()),
         endpoint: endpoint_of(pod),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
     }
 }
 

@@ -69,6 +69,14 @@ pub struct ErrorLabels {
     pub category: Category,
 }
 
+/// One opted-in StatefulSet. Not `namespace`: Prometheus gives every scraped series the namespace of
+/// the controller's own pod, and would rename ours to `exported_namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SetLabels {
+    pub statefulset_namespace: String,
+    pub statefulset: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub reconciles: Counter,
@@ -80,6 +88,7 @@ pub struct Metrics {
     pub foreign_owner_pods: Gauge,
     pub leader: Gauge,
     pub writes: Family<WriteLabels, Counter>,
+    pub held_ordinals: Family<SetLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -109,6 +118,7 @@ impl Metrics {
             foreign_owner_pods: Gauge::default(),
             leader: Gauge::default(),
             writes: Family::default(),
+            held_ordinals: Family::default(),
         };
         let prefixed = registry.sub_registry_with_prefix("service_per_pod");
         prefixed.register(
@@ -156,6 +166,12 @@ impl Metrics {
             "service_writes",
             "Service writes sent to the API server",
             metrics.writes.clone(),
+        );
+        prefixed.register(
+            "ordinals_held_by_terminating_pods",
+            "Ordinals spec.replicas asks for whose pod is still terminating (a bridge draining after the count \
+             went up again): the StatefulSet recreates them only once that pod is gone",
+            metrics.held_ordinals.clone(),
         );
         // Every series exists from the start at 0: a dashboard shows 0 rather than "no data", and
         // rate() sees the first error as an increase.

@@ -599,6 +599,7 @@ mod tests {
                                 serving: true,
                                 terminating: false,
                             }),
+                            terminating: false,
                         };
                         (*ordinal, view)
                     })

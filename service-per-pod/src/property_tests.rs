@@ -70,7 +70,7 @@ proptest! {
             pods: std::sync::Arc::new(
                 pods.iter()
                     .map(|(ordinal, base)| {
-                        (*ordinal, PodView { name: format!("{name}-{ordinal}"), uid: format!("p{ordinal}"), base_port: *base, endpoint: None })
+                        (*ordinal, PodView { name: format!("{name}-{ordinal}"), uid: format!("p{ordinal}"), base_port: *base, endpoint: None, terminating: false })
                     })
                     .collect(),
             ),

@@ -123,6 +123,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn set_labels(key: &SetKey) -> crate::metrics::SetLabels {
+    crate::metrics::SetLabels {
+        statefulset_namespace: key.namespace.clone(),
+        statefulset: key.name.clone(),
+    }
+}
+
 fn key_of(set: &StatefulSet) -> SetKey {
     SetKey {
         namespace: set.namespace().unwrap_or_default(),
@@ -236,7 +243,13 @@ impl Context {
     /// Forgets what was kept about StatefulSets that are gone, and refreshes the gauges built from it.
     fn tidy(&self) {
         let mut memory = lock(&self.memory);
-        memory.retain(|key, _| self.still_exists(key));
+        memory.retain(|key, _| {
+            let exists = self.still_exists(key);
+            if !exists {
+                self.metrics.held_ordinals.remove(&set_labels(key));
+            }
+            exists
+        });
         let total =
             |f: fn(&Memory) -> u64| i64::try_from(memory.values().map(f).sum::<u64>()).unwrap_or(i64::MAX);
         self.metrics.port_conflicts.set(total(|m| m.conflicts));
@@ -293,7 +306,9 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     } else if ctx.leadership.is_leader() {
         reconcile_leading(&set, &ctx).await
     } else {
-        // A standby writes nothing; it reconciles everything when it becomes the leader.
+        // A standby writes nothing; it reconciles everything when it becomes the leader. What it
+        // reported as a leader is stale: only the leader's view counts.
+        ctx.metrics.held_ordinals.clear();
         Action::await_change()
     };
     ctx.metrics
@@ -335,6 +350,7 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Action {
             let failed = !warnings.is_empty();
             publish(ctx, set, &key, warnings).await;
             lock(&ctx.memory).remove(&key);
+            ctx.metrics.held_ordinals.remove(&set_labels(&key));
             return if failed {
                 Action::requeue(Duration::from_secs(5))
             } else {
@@ -357,6 +373,13 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Action {
     let Some(view) = view_of(set, opt_in, &ctx.index) else {
         return Action::await_change();
     };
+    let held = view.ordinals_held_by_terminating_pods();
+    // Remembered, so `tidy` removes the series once the StatefulSet is gone.
+    lock(&ctx.memory).entry(key.clone()).or_default();
+    ctx.metrics
+        .held_ordinals
+        .get_or_create(&set_labels(&key))
+        .set(i64::try_from(held).unwrap_or(i64::MAX));
     let winners = desired::port_winners(&ctx.claims(), &ctx.index.held_ports());
     let wanted = desired::plan(&view, &ctx.limits, &winners);
     let mode = match &view.opt_in.expose {

@@ -45,6 +45,9 @@ pub struct StubConfig {
     pub exit_after_empty: Duration,
     /// Added before every answer.
     pub delay: Duration,
+    /// When set, `stress_level` follows the participants: this much per participant (a bridge's load
+    /// grows with what it forwards; 0.05 makes 20 participants a bridge at capacity).
+    pub stress_per_participant: Option<f64>,
 }
 
 impl Default for StubConfig {
@@ -56,6 +59,7 @@ impl Default for StubConfig {
             leave_every: Some(Duration::from_millis(100)),
             exit_after_empty: Duration::from_millis(300),
             delay: Duration::ZERO,
+            stress_per_participant: None,
         }
     }
 }
@@ -188,6 +192,25 @@ impl BridgeStub {
     pub fn set_stats_raw(&self, body: &str) {
         if let Ok(mut stub) = self.state.lock() {
             stub.raw_stats = Some(body.to_owned());
+        }
+    }
+
+    /// The participants a running bridge has now (new conferences landing on it, or ending); ignored
+    /// once participants are leaving (a shutdown or drain was asked for): they only leave then.
+    pub fn set_participants(&self, participants: u64) {
+        if let Ok(mut stub) = self.state.lock()
+            && stub.leaving_since.is_none()
+        {
+            stub.config.participants = Some(participants);
+        }
+    }
+
+    /// How often a participant leaves once a graceful shutdown is asked for (set before asking).
+    pub fn set_leave_every(&self, every: Duration) {
+        if let Ok(mut stub) = self.state.lock()
+            && stub.leaving_since.is_none()
+        {
+            stub.config.leave_every = Some(every);
         }
     }
 
@@ -325,6 +348,12 @@ async fn stats_handler(State(state): State<Shared>) -> Response {
     {
         for key in ["local_endpoints", "participants", "endpoints"] {
             object.insert(key.to_owned(), participants.into());
+        }
+        if let Some(per_participant) = config.stress_per_participant {
+            object.insert(
+                "stress_level".to_owned(),
+                (participants as f64 * per_participant).into(),
+            );
         }
         // RUNNING → GRACEFUL_SHUTDOWN (calls go on) → SHUTTING_DOWN (empty, about to exit).
         object.insert(

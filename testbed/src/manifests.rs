@@ -20,7 +20,7 @@ pub fn render(namespace: &str, resources: &[&str], components: &[&str]) -> Vec<V
         .join(format!("{namespace}-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("creating a kustomization folder");
     let relative = |path: &&str| format!("../../../{path}");
-    let kustomization = serde_json::json!({
+    let mut kustomization = serde_json::json!({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "namespace": namespace,
@@ -29,9 +29,35 @@ pub fn render(namespace: &str, resources: &[&str], components: &[&str]) -> Vec<V
     });
     // JSON is YAML, so kustomize reads it as it is.
     std::fs::write(dir.join("kustomization.yaml"), kustomization.to_string()).expect("writing kustomization");
-    let objects = render_dir(&dir);
+    let mut objects = render_dir(&dir);
+    // An overlay on top of an overlay, with its own namespace, copies the overlays' `replacements:`
+    // block (docs/deploying.md, "Autoscaling"): so does this one when it carries ScaledObjects.
+    if let Some(scaler) = objects.iter().find(|o| kind(o) == "ScaledObject") {
+        let name = scaler["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        kustomization["replacements"] = scaled_object_namespace_replacements(&name);
+        std::fs::write(dir.join("kustomization.yaml"), kustomization.to_string())
+            .expect("writing kustomization");
+        objects = render_dir(&dir);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     objects
+}
+
+/// The overlays' replacements that put their namespace into the ScaledObjects' queries
+/// (`manifests/overlays/*/kustomization.yaml`), taken here from the ScaledObject `source` (a rendering
+/// may hold no Namespace).
+fn scaled_object_namespace_replacements(source: &str) -> Value {
+    let target = |index: u32| {
+        serde_json::json!({
+            "select": { "kind": "ScaledObject" },
+            "fieldPaths": ["spec.triggers.0.metadata.query"],
+            "options": { "delimiter": "\"", "index": index },
+        })
+    };
+    serde_json::json!([{
+        "source": { "kind": "ScaledObject", "name": source, "fieldPath": "metadata.namespace" },
+        "targets": [target(1), target(5)],
+    }])
 }
 
 /// Renders the kustomization in `dir` and returns its objects as JSON.

@@ -51,6 +51,14 @@ impl Stack {
         }
     }
 
+    /// The stack's Prometheus Service, as our ScaledObjects name it (`serverAddress`).
+    pub fn service_host(self) -> &'static str {
+        match self {
+            Stack::KubePrometheus => "prometheus-k8s.monitoring.svc",
+            Stack::KubePrometheusStack => "kube-prometheus-stack-prometheus.monitoring.svc",
+        }
+    }
+
     pub fn service_account(self) -> &'static str {
         match self {
             Stack::KubePrometheus => "prometheus-k8s",
@@ -172,6 +180,12 @@ impl PrometheusServer {
         let started = std::time::Instant::now();
         let mut runtime = PodRuntime::start(cluster, &pod, &programs).await;
         let url = format!("http://{}", runtime.expose(9090));
+        // With KEDA on the cluster: where its operator resolves the stack's Service name.
+        if local_cluster::autoscaling::is_up(&ClusterDir::discover()) {
+            let stand_in = local_cluster::autoscaling::prometheus_stand_in(stack.service_host())
+                .unwrap_or_else(|| panic!("no stand-in address for {}", stack.service_host()));
+            runtime.expose_at(9090, stand_in);
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()

@@ -201,35 +201,51 @@ impl PodRuntime {
 
     /// What a container printed so far.
     pub fn log(&self, container: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{container}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.log_path(container)).unwrap_or_default()
+    }
+
+    /// The file a container's output goes to.
+    pub fn log_path(&self, container: &str) -> PathBuf {
+        self.dir.join(format!("{container}.log"))
     }
 
     /// Makes `port` of the pod reachable from this host at the returned address (a forwarder through
     /// a Unix socket: the pod network exists only inside the dataplane's namespaces).
     pub fn expose(&mut self, port: u16) -> std::net::SocketAddr {
-        let socket = self.dir.join(format!("port-{port}.sock"));
-        let inside = socat(
-            Some(&self.netns()),
-            format!("UNIX-LISTEN:{},fork,unlink-early", socket.display()),
-            format!("TCP:127.0.0.1:{port}"),
-            "starting a forwarder in the pod",
-        );
-        self.forwarders.push(inside);
         let host_port = crate::free_tcp_port().expect("a free port");
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], host_port));
+        self.expose_at(port, address);
+        address
+    }
+
+    /// As [`PodRuntime::expose`], at `address` of this host (a loopback address standing for a Service).
+    pub fn expose_at(&mut self, port: u16, address: std::net::SocketAddr) {
+        let socket = self.dir.join(format!("port-{port}.sock"));
+        if !socket.exists() {
+            let inside = socat(
+                Some(&self.netns()),
+                format!("UNIX-LISTEN:{},fork,unlink-early", socket.display()),
+                format!("TCP:127.0.0.1:{port}"),
+                "starting a forwarder in the pod",
+            );
+            self.forwarders.push(inside);
+        }
         let outside = socat(
             None,
-            format!("TCP-LISTEN:{host_port},bind=127.0.0.1,fork,reuseaddr"),
+            format!(
+                "TCP-LISTEN:{},bind={},fork,reuseaddr",
+                address.port(),
+                address.ip()
+            ),
             format!("UNIX-CONNECT:{}", socket.display()),
             "starting a forwarder on the host",
         );
         self.forwarders.push(outside);
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], host_port));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(address).is_err() {
             assert!(Instant::now() < deadline, "the forwarder to {port} did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        address
     }
 
     /// Makes `target` on this host reachable inside the pod at `127.0.0.1:port`: what a container the

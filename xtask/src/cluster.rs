@@ -32,6 +32,10 @@ pub enum Action {
         /// Also the Prometheus Operator, and Prometheus for the pods it creates (implies --dataplane).
         #[arg(long, env = "JITSI_K8S_MONITORING")]
         monitoring: bool,
+        /// Also KEDA (operator and metrics API server, through the aggregation layer) feeding the HPA
+        /// controller (implies --monitoring).
+        #[arg(long, env = "JITSI_K8S_AUTOSCALING")]
+        autoscaling: bool,
     },
     /// Stop every process the cluster started and remove its state.
     Down,
@@ -46,12 +50,14 @@ pub fn run(paths: &Paths, action: Action) -> Result<ExitCode> {
         Action::Up {
             dataplane,
             monitoring,
+            autoscaling,
         } => {
             up_with(
                 paths,
                 Extras {
-                    dataplane: dataplane || monitoring,
-                    monitoring,
+                    dataplane: dataplane || monitoring || autoscaling,
+                    monitoring: monitoring || autoscaling,
+                    autoscaling,
                 },
             )?;
             println!("export KUBECONFIG={}", paths.kubeconfig().display());
@@ -79,7 +85,7 @@ struct CrdSource {
     what: &'static str,
 }
 
-const CRD_SOURCES: [CrdSource; 2] = [
+const CRD_SOURCES: [CrdSource; 3] = [
     CrdSource {
         wrapper: "prometheus-operator",
         module: "github.com/prometheus-operator/prometheus-operator",
@@ -102,6 +108,17 @@ const CRD_SOURCES: [CrdSource; 2] = [
             "gateway.networking.k8s.io_referencegrants.yaml",
         ],
         what: "Gateway API CRDs (standard channel): GatewayClass, Gateway, HTTPRoute, ReferenceGrant",
+    },
+    // On every cluster, KEDA running or not: the overlays carry ScaledObjects.
+    CrdSource {
+        wrapper: "keda",
+        module: "github.com/kedacore/keda/v2",
+        dir: "config/crd/bases",
+        files: &[
+            "keda.sh_scaledobjects.yaml",
+            "keda.sh_triggerauthentications.yaml",
+        ],
+        what: "KEDA CRDs: ScaledObject, TriggerAuthentication",
     },
 ];
 
@@ -141,7 +158,7 @@ fn load_state(paths: &Paths) -> Option<State> {
     paths.cluster.load()
 }
 
-fn save_state(paths: &Paths, state: &State) -> Result<()> {
+pub(crate) fn save_state(paths: &Paths, state: &State) -> Result<()> {
     paths
         .cluster
         .save(state)
@@ -169,6 +186,8 @@ pub struct Extras {
     pub dataplane: bool,
     /// The Prometheus Operator and the programs of its pods (`monitoring.rs`); needs the dataplane.
     pub monitoring: bool,
+    /// KEDA, registered with the aggregation layer (`autoscaling.rs`); needs the monitoring.
+    pub autoscaling: bool,
 }
 
 impl Extras {
@@ -176,12 +195,14 @@ impl Extras {
     pub const ALL: Extras = Extras {
         dataplane: true,
         monitoring: true,
+        autoscaling: true,
     };
 }
 
 /// As [`up`], with the extras asked for (added to a running cluster that lacks them).
 pub fn up_with(paths: &Paths, extras: Extras) -> Result<bool> {
-    let dataplane = extras.dataplane || extras.monitoring;
+    let monitoring = extras.monitoring || extras.autoscaling;
+    let dataplane = extras.dataplane || monitoring;
     if let Some(mut state) = load_state(paths) {
         if is_healthy(paths, &state) {
             println!(
@@ -192,8 +213,11 @@ pub fn up_with(paths: &Paths, extras: Extras) -> Result<bool> {
                 let kubernetes_bin = gobuild::KUBERNETES.ensure_built(&paths.go_modules(), &paths.cache)?;
                 crate::dataplane::up(paths, &mut state, &kubernetes_bin)?;
             }
-            if extras.monitoring && !local_cluster::monitoring::is_up(&paths.cluster) {
+            if monitoring && !local_cluster::monitoring::is_up(&paths.cluster) {
                 crate::monitoring::up(paths, &mut state)?;
+            }
+            if extras.autoscaling && !local_cluster::autoscaling::is_up(&paths.cluster) {
+                crate::autoscaling::up(paths, &mut state)?;
             }
             return Ok(false);
         }
@@ -272,6 +296,18 @@ pub fn up_with(paths: &Paths, extras: Extras) -> Result<bool> {
             NODE_PORT_RANGE.0, NODE_PORT_RANGE.1
         ),
         "--authorization-mode=RBAC",
+        // The aggregation layer, as kubeadm configures it: extension API servers (KEDA's metrics
+        // server) trust the headers of whoever presents the front-proxy client certificate.
+        &format!("--requestheader-client-ca-file={}", pki.front_proxy_ca.display()),
+        &format!("--requestheader-allowed-names={}", pki::FRONT_PROXY_CLIENT),
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        &format!(
+            "--proxy-client-cert-file={}",
+            pki.front_proxy_client_cert.display()
+        ),
+        &format!("--proxy-client-key-file={}", pki.front_proxy_client_key.display()),
         "--allow-privileged=true",
         "--endpoint-reconciler-type=none",
         "--profiling=false",
@@ -308,7 +344,9 @@ pub fn up_with(paths: &Paths, extras: Extras) -> Result<bool> {
             "--service-account-private-key-file={}",
             pki.service_account_key.display()
         ),
-        "--use-service-account-credentials=false",
+        // Each controller under its own ServiceAccount, as on kubeadm clusters: the HPA controller
+        // reads external metrics as `kube-system/horizontal-pod-autoscaler`, which KEDA's RBAC binds.
+        "--use-service-account-credentials=true",
         "--kube-api-qps=200",
         "--kube-api-burst=400",
         "--concurrent-statefulset-syncs=10",
@@ -365,8 +403,11 @@ pub fn up_with(paths: &Paths, extras: Extras) -> Result<bool> {
     if dataplane {
         crate::dataplane::up(paths, &mut state, &kubernetes_bin)?;
     }
-    if extras.monitoring {
+    if monitoring {
         crate::monitoring::up(paths, &mut state)?;
+    }
+    if extras.autoscaling {
+        crate::autoscaling::up(paths, &mut state)?;
     }
     Ok(true)
 }

@@ -37,8 +37,10 @@ pub fn run(paths: &Paths, args: &Args) -> Result<ExitCode> {
         paths,
         cluster::Extras {
             dataplane: args.dataplane,
-            // With real packets, also a real Prometheus scraping the bridges in their pods.
+            // With real packets, also a real Prometheus scraping the bridges in their pods, and KEDA
+            // scaling them on what it reads.
             monitoring: args.dataplane,
+            autoscaling: args.dataplane,
         },
     )?;
     println!("==> building the daemons and the demo (cargo; minutes when cold)");

@@ -96,6 +96,21 @@ pub const PROMETHEUS: GoProgram = GoProgram {
     },
 };
 
+/// KEDA's operator and metrics API server, for `cargo xtask cluster up --autoscaling`: the
+/// ScaledObjects of our manifests become HPAs fed by KEDA's external metrics. Named as in KEDA's
+/// images (`/keda`, `/keda-adapter`).
+pub const KEDA: GoProgram = GoProgram {
+    wrapper: "keda",
+    module: "github.com/kedacore/keda/v2",
+    commands: &[
+        ("keda", "github.com/kedacore/keda/v2/cmd/operator"),
+        ("keda-adapter", "github.com/kedacore/keda/v2/cmd/adapter"),
+    ],
+    tags: "",
+    // What KEDA's welcome line and its build-info metric say.
+    ldflags: |version| format!("-X github.com/kedacore/keda/v2/version.Version={version}"),
+};
+
 /// Prometheus's release for its module version: v0.305.0 → 3.5.0.
 pub fn prometheus_release(version: &str) -> String {
     version

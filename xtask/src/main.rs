@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod anchors;
+mod autoscaling;
 mod bench;
 mod bench_controller;
 mod cargo;

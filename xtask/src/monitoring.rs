@@ -86,7 +86,7 @@ pub fn up(paths: &Paths, state: &mut State) -> Result<()> {
     let dir = paths.cluster.path().join("monitoring");
     std::fs::create_dir_all(&dir)?;
     let kubeconfig = dir.join("prometheus-operator.kubeconfig");
-    write_service_account_kubeconfig(paths, state, &kubeconfig)?;
+    write_service_account_kubeconfig(paths, state, "default", "prometheus-operator", &kubeconfig)?;
 
     // Started through a link in the cluster folder: `cluster down` stops only processes whose command
     // line names that folder, and the operator's flags name no path.
@@ -132,7 +132,7 @@ pub fn up(paths: &Paths, state: &mut State) -> Result<()> {
     Ok(())
 }
 
-fn server_side_apply() -> Vec<String> {
+pub(crate) fn server_side_apply() -> Vec<String> {
     vec![
         "apply".to_owned(),
         "--server-side".to_owned(),
@@ -140,27 +140,33 @@ fn server_side_apply() -> Vec<String> {
     ]
 }
 
-/// A kubeconfig for the operator's ServiceAccount, with a token from the TokenRequest API (as a
-/// projected token would be, but long enough for any local session).
-fn write_service_account_kubeconfig(paths: &Paths, state: &State, kubeconfig: &Path) -> Result<()> {
+/// A kubeconfig for a ServiceAccount, with a token from the TokenRequest API (as a projected token
+/// would be, but long enough for any local session).
+pub(crate) fn write_service_account_kubeconfig(
+    paths: &Paths,
+    state: &State,
+    namespace: &str,
+    account: &str,
+    kubeconfig: &Path,
+) -> Result<()> {
     let token = kubectl_owned(
         paths,
         &[
             "create".to_owned(),
             "token".to_owned(),
-            "prometheus-operator".to_owned(),
-            "--namespace=default".to_owned(),
+            account.to_owned(),
+            format!("--namespace={namespace}"),
             "--duration=168h".to_owned(),
         ],
         None,
     )
-    .context("requesting a token for the operator's ServiceAccount")?;
+    .with_context(|| format!("requesting a token for the ServiceAccount {namespace}/{account}"))?;
     let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
     let ca = paths.cluster.path().join("pki/ca.crt");
     std::fs::write(
         kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: prometheus-operator\n  user:\n    token: {token}\ncontexts:\n- name: prometheus-operator\n  context:\n    cluster: local\n    user: prometheus-operator\ncurrent-context: prometheus-operator\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: {account}\n  user:\n    token: {token}\ncontexts:\n- name: {account}\n  context:\n    cluster: local\n    user: {account}\ncurrent-context: {account}\n",
             state.apiserver_port,
             ca.display()
         ),
@@ -194,7 +200,7 @@ fn wait_for_health(state: &State, port: u16) -> Result<()> {
 }
 
 /// `GET /healthz` on 127.0.0.1:`port` answered 200.
-fn healthz_answers(port: u16) -> bool {
+pub(crate) fn healthz_answers(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -28,6 +27,8 @@ use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
 use testbed::service_per_pod::start_controller;
 use testbed::{Cluster, promtool};
 use tokio::sync::Mutex;
+
+mod autoscaling;
 
 const OVERLAY: &str = "manifests/overlays/dev";
 /// The dev overlay's own namespace: the demo applies the overlay exactly as a user would.
@@ -50,6 +51,8 @@ type Failure = String;
 /// One simulated bridge: a stub replaying a recorded `/colibri/stats`, a real jvb-exporter reading it,
 /// and, once its pod is Terminating, the real preStop hook (`jvb-startup drain`) draining it.
 struct Bridge {
+    /// The pod's UID: a recreated ordinal is another bridge.
+    uid: String,
     stub: BridgeStub,
     exporter: Exporter,
     drain: Option<tokio::process::Child>,
@@ -130,8 +133,11 @@ jitsi-k8s demo — manifests/overlays/dev on a local Kubernetes control plane
   --dataplane: each KWOK node is a network namespace running a real kube-proxy (nftables); each bridge pod
                gets a network namespace answering UDP on its port; UDP REACHABLE is a datagram sent from
                a client namespace to the bridge's node address and node port, answered by that pod
-               (with the cluster's monitoring: the bridges' jvb-exporter containers run in their pods,
-               and the Prometheus Operator's Prometheus, real, discovers and scrapes them there)
+               (with the cluster's monitoring: the bridges' jvb-exporter containers and the controller
+               run in their pods, and the Prometheus Operator's Prometheus, real, discovers and scrapes
+               them there; with its autoscaling, KEDA's operator and metrics server and the HPA
+               controller, real, scale the bridges on their load: the load is the stand-ins'
+               participants, set by the demo, their stress level following)
 ";
 
 async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), Failure> {
@@ -143,6 +149,8 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
     // With the dataplane and the cluster's monitoring, the exporters run in their pods and a real
     // Prometheus scrapes them.
     let monitored = dataplane && local_cluster::monitoring::is_up(&local_cluster::ClusterDir::discover());
+    // With KEDA too, the bridges are scaled by the real autoscaling loop on their load.
+    let autoscaled = monitored && local_cluster::autoscaling::is_up(&local_cluster::ClusterDir::discover());
     delete_namespace(cluster).await;
     step("apply manifests/overlays/dev (server-side, as `kubectl apply --server-side -k`)");
     let output = Command::new("kubectl")
@@ -176,13 +184,29 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
     .await?;
     println!("  {expected} pods Running");
 
-    step("service-per-pod: started from its manifest (ServiceAccount token, flags, env)");
-    let deployment = named(&objects, "Deployment", "service-per-pod");
-    let controller = start_controller(cluster, NAMESPACE, deployment, "service-per-pod-demo").await;
+    let controller = if monitored {
+        // In its pod, where Prometheus scrapes it: the autoscaler's query reads its held ordinals.
+        step("service-per-pod: running in its pod (ServiceAccount token, flags, env of its manifest)");
+        let pod = running_pods(&pods, "service-per-pod")
+            .await
+            .into_iter()
+            .next()
+            .ok_or("no Running service-per-pod pod")?;
+        let mut runtime = PodRuntime::start(cluster, &pod, &our_programs(&["service-per-pod"])).await;
+        let admin = runtime.expose(8080);
+        Controller::Pod {
+            runtime: Box::new(runtime),
+            admin,
+        }
+    } else {
+        step("service-per-pod: started from its manifest (ServiceAccount token, flags, env)");
+        let deployment = named(&objects, "Deployment", "service-per-pod");
+        Controller::Host(start_controller(cluster, NAMESPACE, deployment, "service-per-pod-demo").await)
+    };
     println!(
-        "  admin and metrics on http://{}  (log: {})",
-        controller.admin,
-        controller.log.display()
+        "  admin and metrics on http://{}  (logs: {})",
+        controller.admin(),
+        controller.logs()
     );
 
     // `--load-balancer`: what components/jvb-load-balancer sets, and the cloud stood in for.
@@ -235,12 +259,14 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
     };
 
     let bridges: Bridges = Arc::default();
+    let load = autoscaled.then(|| Arc::new(autoscaling::Load::default()));
     let _follower = AbortOnDrop(tokio::spawn(follow_bridges(
         cluster.clone(),
         pods.clone(),
         bridges.clone(),
         dataplane,
         monitored,
+        load.clone(),
     )));
 
     step("Prosody (real) with the room census, prosody-exporter (real), two people in a room");
@@ -282,29 +308,23 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
     println!("  http://{}/?room=demo-room → shard-0", haproxy.http);
 
     let services: Api<Service> = Api::namespaced(cluster.admin(), NAMESPACE);
-    for replicas in [1, 3] {
-        scale(cluster, replicas).await?;
-        converge(&pods, &services, &bridges, replicas as usize, dataplane).await?;
-        println!("{}", table(&pods, &services, &bridges).await);
+    if let Some(load) = &load {
+        // The loop in full in NodePort mode; in LoadBalancer mode without the rise during a drain.
+        autoscaling::scenario(cluster, &pods, &services, &bridges, load, !load_balanced()).await?;
+        if let Some(prometheus) = &prometheus {
+            show_queries(prometheus, &QUERIES[..2], 1).await?;
+        }
+    } else {
+        scale_by_hand(
+            cluster,
+            &pods,
+            &services,
+            &bridges,
+            dataplane,
+            prometheus.as_ref(),
+        )
+        .await?;
     }
-    if let Some(prometheus) = &prometheus {
-        show_queries(prometheus, &QUERIES[..2], 3).await?;
-    }
-    scale(cluster, 1).await?;
-    let drain_seen = prometheus.as_ref().map(|prometheus| {
-        let (url, query) = (prometheus.url.clone(), QUERIES[2].1);
-        tokio::spawn(async move { first_answer(&url, query).await })
-    });
-    watch_drain(&pods, &services, &bridges).await?;
-    if let Some(seen) = drain_seen {
-        let answer = seen
-            .await
-            .map_err(|e| format!("the draining query: {e}"))?
-            .ok_or("Prometheus never answered the draining bridges' query during the drain")?;
-        println!("  Prometheus during the drain, {} {answer}", QUERIES[2].0);
-    }
-    converge(&pods, &services, &bridges, 1, dataplane).await?;
-    println!("{}", table(&pods, &services, &bridges).await);
 
     println!(
         "\n{}",
@@ -332,6 +352,71 @@ async fn scenario(cluster: &Cluster, once: bool, dataplane: bool) -> Result<(), 
     Ok(())
 }
 
+/// Without KEDA: the bridges scaled 1 → 3 → 1 by hand, the drain watched.
+async fn scale_by_hand(
+    cluster: &Cluster,
+    pods: &Api<Pod>,
+    services: &Api<Service>,
+    bridges: &Bridges,
+    dataplane: bool,
+    prometheus: Option<&PrometheusServer>,
+) -> Result<(), Failure> {
+    for replicas in [1, 3] {
+        scale(cluster, replicas).await?;
+        converge(pods, services, bridges, replicas as usize, dataplane).await?;
+        println!("{}", table(pods, services, bridges).await);
+    }
+    if let Some(prometheus) = prometheus {
+        show_queries(prometheus, &QUERIES[..2], 3).await?;
+    }
+    scale(cluster, 1).await?;
+    let drain_seen = prometheus.map(|prometheus| {
+        let (url, query) = (prometheus.url.clone(), QUERIES[2].1);
+        tokio::spawn(async move { first_answer(&url, query).await })
+    });
+    watch_drain(pods, services, bridges).await?;
+    if let Some(seen) = drain_seen {
+        let answer = seen
+            .await
+            .map_err(|e| format!("the draining query: {e}"))?
+            .ok_or("Prometheus never answered the draining bridges' query during the drain")?;
+        println!("  Prometheus during the drain, {} {answer}", QUERIES[2].0);
+    }
+    converge(pods, services, bridges, 1, dataplane).await?;
+    println!("{}", table(pods, services, bridges).await);
+    Ok(())
+}
+
+/// Where service-per-pod runs: on this host under its ServiceAccount's token, or — with the cluster's
+/// monitoring — in its pod, where Prometheus scrapes it.
+enum Controller {
+    Host(Daemon),
+    Pod {
+        runtime: Box<PodRuntime>,
+        admin: std::net::SocketAddr,
+    },
+}
+
+impl Controller {
+    fn admin(&self) -> std::net::SocketAddr {
+        match self {
+            Controller::Host(daemon) => daemon.admin,
+            Controller::Pod { admin, .. } => *admin,
+        }
+    }
+
+    fn logs(&self) -> String {
+        match self {
+            Controller::Host(daemon) => daemon
+                .log
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            Controller::Pod { runtime, .. } => runtime.log_path("service-per-pod").display().to_string(),
+        }
+    }
+}
+
 /// What the demo suggests pasting into Prometheus, each returning data while it runs.
 const QUERIES: [(&str, &str); 3] = [
     ("bridges up, per shard:", "sum by (jitsi_org_shard) (jitsi_up)"),
@@ -357,8 +442,9 @@ async fn show_queries(
         || async {
             let up = prometheus.query("count(jitsi_up == 1)").await;
             let scraped = prometheus.query("count(jitsi_participants)").await;
+            // Exactly: the series of bridges that are gone must have gone stale first.
             let count = |series: &[Series]| series.first().map_or(0.0, |(_, value)| *value);
-            (count(&up) >= bridges as f64 && count(&scraped) >= bridges as f64).then_some(())
+            (count(&up) == bridges as f64 && count(&scraped) == bridges as f64).then_some(())
         },
     )
     .await?;
@@ -449,6 +535,7 @@ async fn follow_bridges(
     bridges: Bridges,
     dataplane: bool,
     monitored: bool,
+    load: Option<Arc<autoscaling::Load>>,
 ) {
     loop {
         let existing: Vec<Pod> = pods
@@ -460,13 +547,31 @@ async fn follow_bridges(
             .filter(|p| p.name_any().starts_with(BRIDGES))
             .collect();
         let mut bridges = bridges.lock().await;
-        bridges.retain(|name, _| existing.iter().any(|p| &p.name_any() == name));
+        bridges.retain(|name, bridge| {
+            existing
+                .iter()
+                .any(|p| &p.name_any() == name && p.uid().as_deref() == Some(bridge.uid.as_str()))
+        });
+        // The shard's load, spread over the bridges that take new conferences.
+        if let Some(load) = &load {
+            let serving: Vec<String> = existing
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(ResourceExt::name_any)
+                .filter(|name| bridges.contains_key(name))
+                .collect();
+            for (name, participants) in load.shares(&serving) {
+                if let Some(bridge) = bridges.get(&name) {
+                    bridge.stub.set_participants(participants);
+                }
+            }
+        }
         for pod in &existing {
             let name = pod.name_any();
             let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             match bridges.get_mut(&name) {
                 None if running && pod.metadata.deletion_timestamp.is_none() => {
-                    let mut bridge = start_bridge(&cluster, pod, monitored).await;
+                    let mut bridge = start_bridge(&cluster, pod, monitored, load.is_some()).await;
                     if dataplane {
                         let port = media_port(pod);
                         let node = pod
@@ -496,7 +601,12 @@ async fn follow_bridges(
                         .await;
                 }
                 Some(bridge) if pod.metadata.deletion_timestamp.is_some() => match &mut bridge.drain {
-                    None => bridge.drain = Some(start_drain(&bridge.stub)),
+                    None => {
+                        if let Some(load) = &load {
+                            bridge.stub.set_leave_every(load.leave_every());
+                        }
+                        bridge.drain = Some(start_drain(&bridge.stub));
+                    }
                     Some(hook) => {
                         if let Ok(Some(_)) = hook.try_wait() {
                             let release = json!({ "metadata": { "finalizers": null } });
@@ -515,14 +625,16 @@ async fn follow_bridges(
 }
 
 /// Bridge i starts with 4 + 3·i local participants; after a graceful shutdown one leaves every 1.5 s
-/// (every 4 s when Prometheus watches, so that a 15 s scrape sees the drain).
-async fn start_bridge(cluster: &Cluster, pod: &Pod, monitored: bool) -> Bridge {
+/// (every 4 s when Prometheus watches, so that a 15 s scrape sees the drain). Autoscaled, it starts
+/// empty, its participants set by the shard's load and its stress level following them.
+async fn start_bridge(cluster: &Cluster, pod: &Pod, monitored: bool, autoscaled: bool) -> Bridge {
     let name = pod.name_any();
     let ordinal: u64 = name.rsplit('-').next().and_then(|o| o.parse().ok()).unwrap_or(0);
     let stub = BridgeStub::start(StubConfig {
-        participants: Some(4 + 3 * ordinal),
+        participants: Some(if autoscaled { 0 } else { 4 + 3 * ordinal }),
         leave_every: Some(Duration::from_millis(if monitored { 4000 } else { 1500 })),
         exit_after_empty: Duration::from_millis(500),
+        stress_per_participant: autoscaled.then_some(autoscaling::STRESS_PER_PARTICIPANT),
         ..StubConfig::default()
     })
     .await;
@@ -548,6 +660,7 @@ async fn start_bridge(cluster: &Cluster, pod: &Pod, monitored: bool) -> Bridge {
         ))
     };
     Bridge {
+        uid: pod.uid().unwrap_or_default(),
         stub,
         exporter,
         drain: None,
@@ -588,18 +701,10 @@ fn start_drain(stub: &BridgeStub) -> tokio::process::Child {
 }
 
 async fn scale(cluster: &Cluster, replicas: i32) -> Result<(), Failure> {
-    step(&format!("scale {BRIDGES} to {replicas}"));
-    // Without a metrics pipeline the HPA only keeps the count within min..max; the dev overlay's max is
-    // 2, so the demo raises it to reach 3, as more load would through prometheus-adapter.
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(cluster.admin(), NAMESPACE);
-    let max = replicas.max(2);
-    hpas.patch(
-        BRIDGES,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "maxReplicas": max } })),
-    )
-    .await
-    .map_err(|e| format!("raising the HPA's maxReplicas to {max}: {e}"))?;
+    // Without KEDA on the cluster no autoscaler acts on the ScaledObject: the demo scales by hand.
+    step(&format!(
+        "scale {BRIDGES} to {replicas} (by hand: no autoscaler runs without --dataplane)"
+    ));
     let sets: Api<StatefulSet> = Api::namespaced(cluster.admin(), NAMESPACE);
     sets.patch(
         BRIDGES,
@@ -722,7 +827,13 @@ async fn rows(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges) -> Ve
         .iter()
         .map(ResourceExt::name_any)
         .chain(services.iter().map(ResourceExt::name_any))
-        .filter(|n| n.starts_with(BRIDGES) && n != PUBLIC_SERVICE)
+        // The bridges' pods and Services: `shard-0-jvb-<ordinal>` (not the governing Service
+        // `shard-0-jvb`, nor the public one).
+        .filter(|n| {
+            n.strip_prefix(BRIDGES)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|ordinal| ordinal.parse::<u32>().is_ok())
+        })
         .collect();
     names.sort();
     names.dedup();
@@ -899,7 +1010,7 @@ async fn watch_drain(pods: &Api<Pod>, services: &Api<Service>, bridges: &Bridges
 }
 
 fn look_around(
-    controller: &Daemon,
+    controller: &Controller,
     prosody_exporter: &Daemon,
     haproxy: &Replica,
     prometheus: Option<&PrometheusServer>,
@@ -914,21 +1025,17 @@ fn look_around(
     format!(
         "Look around (Ctrl-C tears everything down):\n\
          \x20 export KUBECONFIG={kubeconfig}\n\
-         \x20 kubectl -n {NAMESPACE} get pods,services,hpa -o wide\n\
+         \x20 kubectl -n {NAMESPACE} get pods,services,scaledobjects,hpa -o wide\n\
          \x20 kubectl -n {NAMESPACE} get events --field-selector reason!=Scheduled\n\
          \x20 curl http://{}/metrics     # service-per-pod\n\
          \x20 curl http://{}/metrics     # prosody-exporter\n\
          \x20 curl http://{}/metrics     # HAProxy's exporter; rooms: curl 'http://{}/?room=x'\n\
          \x20 logs: {}{prometheus}",
-        controller.admin,
+        controller.admin(),
         prosody_exporter.admin,
         haproxy.metrics,
         haproxy.http,
-        controller
-            .log
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        controller.logs(),
     )
 }
 
