@@ -169,13 +169,13 @@ pub async fn scenario(
     let value = wait_for_metric(cluster, |v| (v - 0.3).abs() < 0.01, "0.3").await?;
     println!("  external.metrics.k8s.io answers {METRIC} = {value} (through the aggregation layer)");
     wait_for_bridges(&watch, 1, Duration::from_secs(120)).await?;
-    show(&watch).await;
+    settle().await;
 
     step("load rises to 30 participants (stress 1.5): ceil(1.5 / 0.6) = 3 bridges");
     load.set(30);
     let rise = Instant::now();
     wait_for_bridges(&watch, 3, Duration::from_secs(180)).await?;
-    show(&watch).await;
+    settle().await;
     {
         let watch = watch.lock().await;
         for name in [format!("{BRIDGES}-1"), format!("{BRIDGES}-2")] {
@@ -205,7 +205,7 @@ pub async fn scenario(
             |w| w.last_rows_contain(&draining, "Terminating"),
         )
         .await?;
-        show(&watch).await;
+        settle().await;
 
         step(
             "load rises again to 30 while shard-0-jvb-2 drains: the StatefulSet cannot recreate ordinal 2 \
@@ -225,7 +225,7 @@ pub async fn scenario(
             .await
             .iter()
             .any(|r| r.name == draining && r.phase == "Terminating");
-        show(&watch).await;
+        settle().await;
         if !still_draining {
             return Err(format!(
                 "{draining}'s drain ended before the new bridge came: the rise during a drain was not shown"
@@ -255,14 +255,14 @@ pub async fn scenario(
                 && w.all_running_answer()
         })
         .await?;
-        show(&watch).await;
+        settle().await;
     }
 
     step("load falls to 5 participants (stress 0.25): one bridge at a time, each drained, down to 1");
-    load.pace(Duration::from_secs(1));
+    load.pace(Duration::from_secs(2));
     load.set(5);
     wait_for_bridges(&watch, 1, Duration::from_secs(300)).await?;
-    show(&watch).await;
+    settle().await;
 
     let watch = watch.lock().await;
     let decreases: Vec<i32> = watch
@@ -431,14 +431,10 @@ async fn wait_until(
     }
 }
 
-/// Prints the table and the autoscaler's line, a few seconds on: the load spread over new bridges.
-async fn show(watch: &Shared) {
+/// Lets the watcher print a few more seconds of the step that just held (the load spread over new
+/// bridges, a drain's first participants leaving).
+async fn settle() {
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let watch = watch.lock().await;
-    println!("{}", watch.last_table);
-    if let Some((_, line)) = watch.autoscaler.last() {
-        println!("  autoscaler: {line}");
-    }
 }
 
 /// Every second: the rows, the HPA and the StatefulSet; records what the loop must keep.
@@ -465,7 +461,12 @@ async fn watch_loop(
         let now = Instant::now();
         let mut w = watch.lock().await;
         check(&mut w, &rows, now);
-        w.last_table = format_table(&rows);
+        let table = format_table(&rows);
+        // As it happens: each change of the table (bridges coming, draining, leaving; participants).
+        if table != w.last_table {
+            println!("  +{:.1} s\n{table}", (now - started).as_secs_f64());
+        }
+        w.last_table = table;
         if let Some(replicas) = replicas
             && w.replicas.last().map(|(_, r)| *r) != Some(replicas)
         {
@@ -474,6 +475,7 @@ async fn watch_loop(
         if let Some(line) = hpa.as_ref().map(autoscaler_line)
             && w.autoscaler.last().map(|(_, l)| l) != Some(&line)
         {
+            println!("  +{:.1} s  autoscaler: {line}", (now - started).as_secs_f64());
             w.autoscaler.push((now - started, line));
         }
         drop(w);
