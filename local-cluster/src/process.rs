@@ -53,11 +53,20 @@ pub fn output_with_stdin(command: &mut Command, stdin: &[u8]) -> std::io::Result
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    if let Some(mut pipe) = child.stdin.take() {
+    // Written from a thread of its own while the output is read: a program that writes as it reads
+    // (kubectl, object by object) would otherwise fill its output pipe and both would wait forever.
+    let writer = child.stdin.take().map(|mut pipe| {
+        let input = stdin.to_vec();
         // A program that exits without reading all its input closes the pipe: its output tells why.
-        let _ = pipe.write_all(stdin);
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        })
+    });
+    let output = child.wait_with_output();
+    if let Some(writer) = writer {
+        let _ = writer.join();
     }
-    child.wait_with_output()
+    output
 }
 
 /// The last `lines` lines of a log, for error messages.
