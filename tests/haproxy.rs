@@ -6,15 +6,17 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use testbed::eventually;
 use testbed::free_tcp_port;
-use testbed::haproxy::{Dns, Replica, ShardWeb, WEB_POD_HEADER, Wiring, render, sample_sum};
+use testbed::haproxy::{Dns, Replica, ShardWeb, WEB_POD_HEADER, Wiring, render, render_dir, sample_sum};
+use testbed::manifests::edit;
 use testbed::promql::HAPROXY_METRICS;
+use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
 
 const ROOMS: usize = 1000;
 
@@ -293,4 +295,249 @@ async fn rooms_stay_on_their_shard_through_web_rollouts_scale_out_and_restarts()
         ["shard-0", "shard-1"],
         "{counts:?}"
     );
+}
+
+/// The rooms of `replica`'s stick table on `shard`.
+fn rooms_on(replica: &Replica, shard: &str) -> BTreeSet<String> {
+    replica
+        .rooms()
+        .into_iter()
+        .filter(|(_, s)| s == shard)
+        .map(|(room, _)| room)
+        .collect()
+}
+
+/// Retiring a shard, as docs/deploying.md ("Upgrading Jitsi") says, with the real haproxy: the overlay
+/// marks shard-0 draining and the replicas restart one by one with it; its live rooms stay, no new room
+/// goes there (not even after another restart), and the rooms that ended there are forgotten with the
+/// real Prosody's census, so their names open elsewhere when used again.
+#[tokio::test]
+async fn a_draining_shard_keeps_its_rooms_takes_no_new_one_and_forgets_the_ended_ones() {
+    let copy = testbed::manifests::copy_of_manifests("haproxy-drain");
+    let production = copy.join("manifests/overlays/production");
+    let before = render_dir(&production, "drain-before");
+    assert_eq!(before.draining_shards, "", "production drains nothing");
+    let web_port = free_tcp_port().expect("a free port");
+    let webs = [
+        ShardWeb::start(0, 0, web_port).await,
+        ShardWeb::start(1, 0, web_port).await,
+        ShardWeb::start(2, 0, web_port).await,
+    ];
+    let dns = Dns::start(
+        &before.shard_domain,
+        &webs.iter().collect::<Vec<_>>(),
+        &before.config_dir,
+    );
+    let wiring = Wiring {
+        peer_port: free_tcp_port().expect("a free port"),
+        nameserver: dns.addr,
+        web_port,
+    };
+    let mut replicas: Vec<Replica> = (0..before.replicas)
+        .map(|ordinal| Replica::start(&before, ordinal, wiring))
+        .collect();
+    let client = reqwest::Client::new();
+    wait_for_shards(&client, &replicas, 3.0, Duration::from_secs(30)).await;
+    let placed = place(&client, &replicas, 0..300).await;
+    for replica in &replicas {
+        wait_for_table(&client, replica, 300).await;
+    }
+
+    // The operator marks shard-0 draining in the overlay; the StatefulSet rolls the replicas one by one.
+    edit(
+        &production.join("kustomization.yaml"),
+        "{name: HAPROXY_DRAINING_SHARDS, value: \"\"}",
+        "{name: HAPROXY_DRAINING_SHARDS, value: \"shard-0\"}",
+    );
+    let marked = render_dir(&production, "drain-marked");
+    assert_eq!(marked.draining_shards, "shard-0");
+    for ordinal in 0..replicas.len() {
+        drop(replicas.remove(ordinal));
+        replicas.insert(ordinal, Replica::start(&marked, ordinal, wiring));
+        // A draining shard is no active server: it takes no new room (what the alert on no active shard
+        // and the dashboard's "shards taking rooms" count).
+        wait_for_shards(
+            &client,
+            &replicas[ordinal..=ordinal],
+            2.0,
+            Duration::from_secs(30),
+        )
+        .await;
+        wait_for_table(&client, &replicas[ordinal], 300).await;
+        assert!(
+            replicas[ordinal].log().contains("shard-0 is draining"),
+            "{}",
+            replicas[ordinal].log()
+        );
+        assert_rooms_in_place(
+            &client,
+            &replicas,
+            &placed,
+            &format!("haproxy-{ordinal} restarted draining shard-0"),
+        )
+        .await;
+    }
+    // New rooms and page loads go to the other shards only.
+    let mut new_rooms: BTreeMap<String, usize> = BTreeMap::new();
+    for room in 300..600 {
+        *new_rooms
+            .entry(shard_of_room(&client, &replicas[room % 2], room).await)
+            .or_default() += 1;
+    }
+    for replica in &replicas {
+        for _ in 0..50 {
+            *new_rooms.entry(get(&client, replica, "/").await.0).or_default() += 1;
+        }
+    }
+    println!("new rooms and page loads while shard-0 drains: {new_rooms:?}");
+    assert_eq!(
+        new_rooms.keys().collect::<Vec<_>>(),
+        ["shard-1", "shard-2"],
+        "{new_rooms:?}"
+    );
+
+    // Three of shard-0's rooms are live (people in them, on the real Prosody); the others ended.
+    let shard_0_rooms: Vec<usize> = placed
+        .iter()
+        .filter(|(_, shard)| *shard == "shard-0")
+        .map(|(room, _)| *room)
+        .collect();
+    let live: Vec<String> = shard_0_rooms[..3].iter().map(|r| format!("room-{r}")).collect();
+    let prosody = Prosody::start(ProsodyOptions::default());
+    let mut occupants = Occupants::join(
+        &prosody,
+        &live.iter().map(|room| (room.as_str(), 2)).collect::<Vec<_>>(),
+    );
+    let census_url = format!("{}/room-census", prosody.url());
+    let census = || async {
+        client
+            .get(&census_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+
+    // Bad input changes nothing: not a census, not a shard.
+    let entries_before = replicas[0].rooms();
+    let (ok, _, stderr) = replicas[0].forget_ended_rooms("shard-0", "<html>502</html>", &[]);
+    assert!(!ok && stderr.contains("stdin is not a room census"), "{stderr}");
+    let (ok, _, stderr) = replicas[0].forget_ended_rooms("shard-x", &census().await, &[]);
+    assert!(!ok && stderr.contains("usage"), "{stderr}");
+    assert_eq!(replicas[0].rooms(), entries_before);
+
+    // Every entry was touched a moment ago (the checks above): a room may have opened after the census
+    // was read, so nothing is forgotten yet.
+    let (ok, said, stderr) = replicas[0].forget_ended_rooms("shard-0", &census().await, &[]);
+    assert!(ok, "{stderr}");
+    println!("{said}");
+    assert!(
+        said.contains("3 rooms and 6 participants live") && said.contains(": 0 ended and forgotten"),
+        "{said}"
+    );
+
+    // Later: the ended rooms are forgotten on every replica, except one asked for after the census was
+    // read (it may be opening now).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let census_then = census().await;
+    let reopening = format!("room-{}", shard_0_rooms[3]);
+    let (shard, _) = get(&client, &replicas[1], &format!("/?room={reopening}")).await;
+    assert_eq!(
+        shard,
+        "shard-0",
+        "an entry of the draining shard is still followed: {}",
+        replicas[1]
+            .log()
+            .lines()
+            .filter(|l| !l.contains(" GET "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Its peer learns the renewed entry too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ended = shard_0_rooms.len() - 4;
+    for replica in &replicas {
+        let (ok, said, stderr) =
+            replica.forget_ended_rooms("shard-0", &census_then, &[("FORGET_RECENT_SECONDS", "2")]);
+        assert!(ok, "{stderr}");
+        println!("{said}");
+        assert!(
+            said.contains(&format!(
+                "{ended} ended and forgotten, 3 live, 1 touched in the last 2s"
+            )),
+            "{said}"
+        );
+        let left: BTreeSet<String> = live.iter().cloned().chain([reopening.clone()]).collect();
+        assert_eq!(rooms_on(replica, "shard-0"), left, "{}", replica.name);
+    }
+
+    // An ended room's name used again opens on a shard that takes new rooms; the live ones stay put,
+    // through another restart of a replica (it learns the table from its peer, without what was forgotten).
+    drop(replicas.remove(1));
+    replicas.insert(1, Replica::start(&marked, 1, wiring));
+    wait_for_shards(&client, &replicas[1..], 2.0, Duration::from_secs(30)).await;
+    wait_for_table(&client, &replicas[1], 600 - ended).await;
+    let mut reused: BTreeMap<String, usize> = BTreeMap::new();
+    for room in &shard_0_rooms[4..] {
+        *reused
+            .entry(shard_of_room(&client, &replicas[room % 2], *room).await)
+            .or_default() += 1;
+    }
+    println!("{ended} ended rooms of shard-0, their names used again: {reused:?}");
+    assert!(!reused.contains_key("shard-0"), "{reused:?}");
+    let still: BTreeMap<usize, String> = shard_0_rooms[..4]
+        .iter()
+        .map(|r| (*r, "shard-0".to_owned()))
+        .collect();
+    assert_rooms_in_place(
+        &client,
+        &replicas,
+        &still,
+        "forgetting the ended rooms and a restart",
+    )
+    .await;
+
+    // The last rooms end: the census says so, and everything of shard-0 is forgotten.
+    for room in &live {
+        occupants.leave(room);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for replica in &replicas {
+        let (ok, said, stderr) =
+            replica.forget_ended_rooms("shard-0", &census().await, &[("FORGET_RECENT_SECONDS", "2")]);
+        assert!(ok, "{stderr}");
+        println!("{said}");
+        assert!(
+            said.starts_with("shard-0: 0 rooms and 0 participants live"),
+            "{said}"
+        );
+        assert_eq!(rooms_on(replica, "shard-0"), BTreeSet::new(), "{}", replica.name);
+    }
+    std::fs::remove_dir_all(&copy).unwrap();
+}
+
+/// A draining shard that is not one of haproxy.cfg's servers stops the replica with one sentence (a
+/// typo would otherwise drain nothing, silently).
+#[test]
+fn a_draining_shard_that_does_not_exist_is_refused_at_start() {
+    let rendered = render("manifests/overlays/production", "drain-typo");
+    for (value, said) in [
+        ("shard-0 shard-20", "haproxy.cfg has no server shard-20"),
+        ("shard_1", "'shard_1' is not a shard name"),
+    ] {
+        let output = std::process::Command::new("sh")
+            .arg(rendered.config_dir.join("start.sh"))
+            .env("HAPROXY_REPLICAS", "1")
+            .env("HAPROXY_PEER_ADDRESS", "127.0.0.1:1")
+            .env("HAPROXY_LOCAL_PEER", "haproxy-0")
+            .env("HAPROXY_RUNTIME_DIR", &rendered.config_dir)
+            .env("HAPROXY_DRAINING_SHARDS", value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains(said), "{value}: {stderr}");
+    }
 }

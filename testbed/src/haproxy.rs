@@ -3,6 +3,7 @@
 //! stand-ins for the shards' web pods, each on a loopback address of its own, and dnsmasq answering the
 //! A records of each shard's headless `<shard>-web` Service as the cluster DNS would.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,10 @@ pub const NAMESPACE: &str = "jitsi";
 /// What the rendered manifests give HAProxy.
 #[derive(Debug)]
 pub struct Rendered {
-    /// Folder holding `haproxy.cfg` and `start.sh` exactly as rendered.
+    /// Folder holding `haproxy.cfg`, `start.sh` and `forget-ended-rooms.sh` exactly as rendered.
     pub config_dir: PathBuf,
+    /// The StatefulSet's `HAPROXY_DRAINING_SHARDS`.
+    pub draining_shards: String,
     /// The StatefulSet's `HAPROXY_REPLICAS`.
     pub replicas: usize,
     /// `HAPROXY_SHARD_DOMAIN` with `$(POD_NAMESPACE)` resolved to [`NAMESPACE`].
@@ -37,7 +40,15 @@ pub struct Rendered {
 
 /// Renders `overlay` and writes its HAProxy ConfigMap's files under `target/haproxy-tests/<label>/`.
 pub fn render(overlay: &str, label: &str) -> Rendered {
-    let objects = manifests::render_overlay(NAMESPACE, overlay, &[]);
+    of_objects(&manifests::render_overlay(NAMESPACE, overlay, &[]), label)
+}
+
+/// As [`render`], for an overlay folder anywhere (a test's copy of `manifests/`).
+pub fn render_dir(overlay: &Path, label: &str) -> Rendered {
+    of_objects(&manifests::render_dir(overlay), label)
+}
+
+fn of_objects(objects: &[serde_json::Value], label: &str) -> Rendered {
     let config_map = objects
         .iter()
         .find(|o| {
@@ -51,13 +62,13 @@ pub fn render(overlay: &str, label: &str) -> Rendered {
     // Logs of an earlier run would be mistaken for this one's.
     let _ = std::fs::remove_dir_all(&config_dir);
     std::fs::create_dir_all(&config_dir).expect("creating the config folder");
-    for file in ["haproxy.cfg", "start.sh"] {
+    for file in ["haproxy.cfg", "start.sh", FORGET_ENDED_ROOMS] {
         let text = config_map["data"][file]
             .as_str()
             .unwrap_or_else(|| panic!("the ConfigMap has no {file}"));
         std::fs::write(config_dir.join(file), text).expect("writing a rendered file");
     }
-    let statefulset = manifests::named(&objects, "StatefulSet", "haproxy");
+    let statefulset = manifests::named(objects, "StatefulSet", "haproxy");
     let env = |name: &str| -> String {
         statefulset["spec"]["template"]["spec"]["containers"][0]["env"]
             .as_array()
@@ -88,6 +99,7 @@ pub fn render(overlay: &str, label: &str) -> Rendered {
     };
     Rendered {
         web_pre_stop,
+        draining_shards: env("HAPROXY_DRAINING_SHARDS"),
         config_dir,
         replicas: env("HAPROXY_REPLICAS")
             .parse()
@@ -157,11 +169,18 @@ impl Drop for Group {
     }
 }
 
+/// The script that forgets a draining shard's ended rooms (in the HAProxy ConfigMap).
+pub const FORGET_ENDED_ROOMS: &str = "forget-ended-rooms.sh";
+
 /// One HAProxy replica started by the rendered `start.sh`.
 #[derive(Debug)]
 pub struct Replica {
     pub http: SocketAddr,
     pub metrics: SocketAddr,
+    /// `haproxy-<ordinal>`, as the pod is named.
+    pub name: String,
+    runtime_dir: PathBuf,
+    config_dir: PathBuf,
     process: Group,
 }
 
@@ -200,6 +219,7 @@ impl Replica {
             .env("HAPROXY_NAMESERVER", wiring.nameserver.to_string())
             .env("HAPROXY_HTTP_BIND", http.to_string())
             .env("HAPROXY_METRICS_BIND", metrics.to_string())
+            .env("HAPROXY_DRAINING_SHARDS", &rendered.draining_shards)
             // Debian installs haproxy in /usr/sbin.
             .env(
                 "PATH",
@@ -209,8 +229,61 @@ impl Replica {
         Replica {
             http,
             metrics,
+            name: format!("haproxy-{ordinal}"),
+            runtime_dir,
+            config_dir: rendered.config_dir.clone(),
             process,
         }
+    }
+
+    /// One command to the runtime API on the admin socket (as `kubectl exec … socat` would send it).
+    pub fn runtime(&self, command: &str) -> String {
+        let (ok, stdout, stderr) = run_with_stdin(
+            Command::new("socat").args([
+                "-t",
+                "5",
+                "-",
+                &format!("UNIX-CONNECT:{}", self.runtime_dir.join("admin.sock").display()),
+            ]),
+            &format!("{command}\n"),
+        );
+        assert!(ok, "socat to {}'s admin socket: {stderr}", self.name);
+        stdout
+    }
+
+    /// The room → shard entries of the stick table, as the runtime API lists them.
+    pub fn rooms(&self) -> BTreeMap<String, String> {
+        self.runtime("show table shards")
+            .lines()
+            .filter_map(|line| {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|f| f.strip_prefix(name))
+                        .map(str::to_owned)
+                };
+                Some((field("key=")?, field("server_key=")?))
+            })
+            .collect()
+    }
+
+    /// Runs the rendered `forget-ended-rooms.sh` as `kubectl exec -i haproxy-N -- sh …` would, with
+    /// `census` on its stdin: whether it succeeded, its stdout and stderr.
+    pub fn forget_ended_rooms(
+        &self,
+        shard: &str,
+        census: &str,
+        env: &[(&str, &str)],
+    ) -> (bool, String, String) {
+        let mut command = Command::new("sh");
+        command
+            .arg(self.config_dir.join(FORGET_ENDED_ROOMS))
+            .arg(shard)
+            .env("HAPROXY_RUNTIME_DIR", &self.runtime_dir)
+            .env("HOSTNAME", &self.name);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        run_with_stdin(&mut command, census)
     }
 
     pub fn log(&self) -> String {
@@ -348,6 +421,17 @@ impl Dns {
         self.process = Some(process);
         true
     }
+}
+
+/// Runs `command` with `stdin` written to it: whether it succeeded, its stdout and stderr.
+fn run_with_stdin(command: &mut Command, stdin: &str) -> (bool, String, String) {
+    let output = local_cluster::process::output_with_stdin(command, stdin.as_bytes())
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A loopback port free for both TCP and UDP at the time of asking.

@@ -8,7 +8,10 @@
 #   HAPROXY_REPLICAS      number of replicas (the StatefulSet's spec.replicas)
 #   HAPROXY_PEER_ADDRESS  address of a peer: {name} is its pod name, {ordinal} its ordinal
 #   HAPROXY_LOCAL_PEER    this replica's name (default: the pod's hostname)
-#   HAPROXY_RUNTIME_DIR   where the peers section is written (default /tmp)
+#   HAPROXY_RUNTIME_DIR   where the peers section and the admin socket go (default /tmp)
+#   HAPROXY_DRAINING_SHARDS  shards being retired, e.g. "shard-0" (space- or comma-separated; default
+#                         none): each gets weight 0 (haproxy.cfg), so no new room goes there while its
+#                         rooms stay
 set -eu
 
 fail() {
@@ -29,6 +32,19 @@ prefix=${local_peer%-*}
 [ "$prefix" != "$local_peer" ] || fail "this replica's name '$local_peer' has no ordinal"
 runtime_dir=${HAPROXY_RUNTIME_DIR:-/tmp}
 wait_seconds=${HAPROXY_PEER_WAIT_SECONDS:-300}
+
+# A draining shard must be one of haproxy.cfg's servers: a typo would otherwise drain nothing, silently.
+for shard in $(printf '%s\n' "${HAPROXY_DRAINING_SHARDS:-}" | tr ',' ' '); do
+  case "$shard" in
+    shard-[0-9] | shard-[0-9][0-9]) ;;
+    *) fail "HAPROXY_DRAINING_SHARDS: '$shard' is not a shard name (shard-0 ... shard-19)" ;;
+  esac
+  grep -q "^  server $shard " "$config_dir/haproxy.cfg" ||
+    fail "HAPROXY_DRAINING_SHARDS: haproxy.cfg has no server $shard"
+  export "HAPROXY_WEIGHT_SHARD_${shard#shard-}=0"
+  echo "start.sh: $shard is draining: no new room goes there" >&2
+done
+export HAPROXY_RUNTIME_DIR="$runtime_dir"
 
 peers_file="$runtime_dir/peers.cfg"
 echo "peers jitsi" >"$peers_file.new"
