@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -16,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use testbed::manifests::{self, edit, kind, kubectl, render_overlay};
+use testbed::manifests::{self, edit, kind, kubectl, reapply, render_overlay};
 use testbed::{Cluster, TestNamespace, eventually};
 
 const DEV: &str = "manifests/overlays/dev";
@@ -187,35 +186,6 @@ async fn a_serving_bridge_refuses_eviction_a_broken_one_and_the_rest_of_the_shar
     namespace.delete().await;
 }
 
-/// The production overlay applied from a copy of `manifests/` into `namespace`, as docs/deploying.md
-/// says; returns the copy's overlay folder.
-fn render_copy(copy: &Path, namespace: &str) -> Vec<Value> {
-    manifests::render_dir(&copy.join("manifests/overlays/production"))
-        .into_iter()
-        .map(|mut object| {
-            if kind(&object) == "Namespace" {
-                object["metadata"]["name"] = json!(namespace);
-            }
-            object
-        })
-        .collect()
-}
-
-/// The copy rendered again and applied as docs/deploying.md says (the Namespace exists already).
-fn reapply(copy: &Path, namespace: &str) {
-    let objects: Vec<Value> = render_copy(copy, namespace)
-        .into_iter()
-        .filter(|o| kind(o) != "Namespace")
-        .collect();
-    apply_list(&objects);
-}
-
-fn apply_list(objects: &[Value]) {
-    let list = json!({ "apiVersion": "v1", "kind": "List", "items": objects }).to_string();
-    let (ok, _, stderr) = kubectl(&["apply", "--server-side", "--filename=-"], &list);
-    assert!(ok, "kubectl apply --server-side:\n{stderr}");
-}
-
 /// Every pod's UID by its name (a Deployment's pods carry their ReplicaSet's hash: a replaced pod has
 /// another name and another UID).
 async fn uids(namespace: &TestNamespace) -> BTreeMap<String, String> {
@@ -252,30 +222,7 @@ async fn a_change_to_one_shard_restarts_only_that_shards_pods_of_that_component(
         "namespace: jitsi\n",
         &format!("namespace: {}\n", namespace.name),
     );
-    let objects = render_copy(&copy, &namespace.name);
-    manifests::apply(
-        &objects
-            .iter()
-            .filter(|o| kind(o) == "Namespace")
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    let (ok, _, stderr) = kubectl(
-        &[
-            "--namespace",
-            &namespace.name,
-            "create",
-            "secret",
-            "generic",
-            "jitsi-secrets",
-            "--from-literal=JICOFO_AUTH_PASSWORD=not-a-real-one",
-            "--from-literal=JVB_AUTH_PASSWORD=not-a-real-one",
-        ],
-        "",
-    );
-    assert!(ok, "{stderr}");
-    let rest: Vec<Value> = objects.into_iter().filter(|o| kind(o) != "Namespace").collect();
-    apply_list(&rest);
+    manifests::deploy_copy(&copy, &namespace.name);
     // 2 shards × (web, jicofo, prosody, 2 bridges from the ScaledObject's minimum) + 2 HAProxy + 2 controllers.
     let expected = 2 * 5 + 2 + 2;
     let bridges_up = || async {

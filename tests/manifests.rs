@@ -882,20 +882,7 @@ async fn production_applies_on_any_cluster_and_re_applying_leaves_the_bridges_to
     let namespace = cluster.namespace("manifests-production").await;
     let objects = render_overlay(&namespace.name, PRODUCTION, &[]);
     apply_namespace(&objects, &namespace.name);
-    let (ok, _, stderr) = kubectl(
-        &[
-            "--namespace",
-            &namespace.name,
-            "create",
-            "secret",
-            "generic",
-            "jitsi-secrets",
-            "--from-literal=JICOFO_AUTH_PASSWORD=not-a-real-one",
-            "--from-literal=JVB_AUTH_PASSWORD=not-a-real-one",
-        ],
-        "",
-    );
-    assert!(ok, "{stderr}");
+    testbed::manifests::create_jitsi_secrets(&namespace.name);
     let rest: Vec<&Value> = objects.iter().filter(|o| kind(o) != "Namespace").collect();
     let list = json!({ "apiVersion": "v1", "kind": "List", "items": rest }).to_string();
     let apply_as_documented = || kubectl(&["apply", "--server-side", "--filename=-"], &list);

@@ -214,6 +214,22 @@ impl BridgeStub {
         }
     }
 
+    /// The bridge pod's preStop hook, as the manifest runs it: `jvb-startup drain` against this bridge
+    /// (intervals shortened).
+    pub fn start_pre_stop_drain(&self) -> tokio::process::Child {
+        tokio::process::Command::new(crate::daemon::binary("jvb-startup"))
+            .arg("drain")
+            .env("JVB_URL", self.url())
+            .env("DRAIN_INTERVAL", "500ms")
+            .env("DRAIN_TIMEOUT", "2m")
+            .env("DRAIN_GONE_AFTER", "1s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting jvb-startup drain")
+    }
+
     pub fn drain_enabled(&self) -> bool {
         self.state.lock().map(|s| s.drain).unwrap_or(false)
     }

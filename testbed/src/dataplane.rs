@@ -262,3 +262,105 @@ impl Drop for ClientRoute {
         let _ = dataplane::ip(Some(CLIENT), &["route", "del", &format!("{}/32", self.0)]);
     }
 }
+
+/// A media flow from the internet (the client namespace) to `ip:port`: a sequence-numbered datagram every
+/// 50 ms, each answered or not within 300 ms (`net-peer flow`), recorded until stopped.
+#[derive(Debug)]
+pub struct Flow {
+    pub to: (Ipv4Addr, u16),
+    child: Child,
+    record: std::sync::Arc<std::sync::Mutex<FlowRecord>>,
+}
+
+/// What a flow saw so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub sent: u64,
+    pub answered: u64,
+    /// The sequence numbers nobody answered.
+    pub lost: Vec<u64>,
+    /// Every pod that answered, in order of first answer.
+    pub answered_by: Vec<String>,
+}
+
+impl FlowRecord {
+    /// The longest run of consecutive lost datagrams.
+    pub fn longest_gap(&self) -> u64 {
+        let mut longest = 0;
+        let mut run = 0;
+        let mut previous = None;
+        for seq in &self.lost {
+            run = if previous == Some(seq - 1) { run + 1 } else { 1 };
+            longest = longest.max(run);
+            previous = Some(*seq);
+        }
+        longest
+    }
+}
+
+impl Flow {
+    pub fn start(ip: Ipv4Addr, port: u16) -> Self {
+        require();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", CLIENT])
+            .arg(binary("net-peer"))
+            .args(["flow", &format!("{ip}:{port}"), "50", "300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting net-peer flow");
+        let stdout = child.stdout.take().expect("a piped stdout");
+        let record = std::sync::Arc::new(std::sync::Mutex::new(FlowRecord::default()));
+        let writer = record.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Some((seq, pod)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(seq) = seq.parse::<u64>() else {
+                    continue;
+                };
+                let mut record = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                record.sent = seq;
+                if pod == "-" {
+                    record.lost.push(seq);
+                } else {
+                    record.answered += 1;
+                    if !record.answered_by.iter().any(|p| p == pod) {
+                        record.answered_by.push(pod.to_owned());
+                    }
+                }
+            }
+        });
+        Flow {
+            to: (ip, port),
+            child,
+            record,
+        }
+    }
+
+    /// What the flow saw until now.
+    pub fn record(&self) -> FlowRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ends the flow (the call ended): what it saw.
+    pub fn stop(mut self) -> FlowRecord {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The reader has the last lines once the pipe is closed; a moment for it to take them.
+        std::thread::sleep(Duration::from_millis(50));
+        self.record()
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -291,6 +293,24 @@ impl Replica {
     }
 }
 
+/// Every replica of `rendered`, with dnsmasq answering for `web_pods` (all on `web_port`).
+pub fn start_replicas(
+    rendered: &Rendered,
+    web_pods: &[&ShardWeb],
+    web_port: u16,
+) -> (Dns, Wiring, Vec<Replica>) {
+    let dns = Dns::start(&rendered.shard_domain, web_pods, &rendered.config_dir);
+    let wiring = Wiring {
+        peer_port: free_tcp_port().expect("a free port"),
+        nameserver: dns.addr,
+        web_port,
+    };
+    let replicas = (0..rendered.replicas)
+        .map(|ordinal| Replica::start(rendered, ordinal, wiring))
+        .collect();
+    (dns, wiring, replicas)
+}
+
 /// One web pod of a shard, standing in for the jitsi/web image (which cannot run here): answers every
 /// request with the shard's name, and says which pod answered in the `x-web-pod` header.
 #[derive(Debug)]
@@ -459,4 +479,100 @@ pub fn sample_sum(exposition: &str, name: &str, label: &str) -> Option<f64> {
         *found.get_or_insert(0.0) += value;
     }
     found
+}
+
+/// The participants of live rooms: each room asked for (`/http-bind?room=<room>`, as BOSH does) round and
+/// round through the HAProxy replicas in service, until finished. Every answer from another shard than
+/// the room's is a room moved while live; every error a failed request.
+#[derive(Debug)]
+pub struct RoomTraffic {
+    stop: Arc<AtomicBool>,
+    in_service: Arc<Mutex<Vec<String>>>,
+    rooms: Arc<Mutex<BTreeMap<String, String>>>,
+    task: tokio::task::JoinHandle<TrafficOutcome>,
+}
+
+/// What the participants saw.
+#[derive(Debug, Default)]
+pub struct TrafficOutcome {
+    pub asked: usize,
+    /// `room: shard → other shard via replica`.
+    pub moved: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+impl RoomTraffic {
+    /// `rooms`: room → the shard it lives on; `in_service`: the replicas' base URLs.
+    pub fn start(client: &reqwest::Client, in_service: Vec<String>, rooms: BTreeMap<String, String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let in_service = Arc::new(Mutex::new(in_service));
+        let rooms = Arc::new(Mutex::new(rooms));
+        let task = tokio::spawn({
+            let (client, stop, in_service, rooms) =
+                (client.clone(), stop.clone(), in_service.clone(), rooms.clone());
+            async move {
+                let mut outcome = TrafficOutcome::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let round: Vec<(String, String)> = lock(&rooms).clone().into_iter().collect();
+                    let urls = lock(&in_service).clone();
+                    if round.is_empty() || urls.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    for (room, shard) in round {
+                        for url in &urls {
+                            // A room that ended meanwhile is nobody's to ask for.
+                            if stop.load(Ordering::Relaxed) || !lock(&rooms).contains_key(&room) {
+                                break;
+                            }
+                            outcome.asked += 1;
+                            let answer = client.get(format!("{url}/http-bind?room={room}")).send().await;
+                            match answer {
+                                Ok(response) if response.status().is_success() => {
+                                    let now = response.text().await.unwrap_or_default();
+                                    if now != shard {
+                                        outcome.moved.push(format!("{room}: {shard} → {now} via {url}"));
+                                    }
+                                }
+                                Ok(response) => outcome
+                                    .failed
+                                    .push(format!("{room} via {url}: {}", response.status())),
+                                Err(e) => outcome.failed.push(format!("{room} via {url}: {e}")),
+                            }
+                        }
+                    }
+                }
+                outcome
+            }
+        });
+        RoomTraffic {
+            stop,
+            in_service,
+            rooms,
+            task,
+        }
+    }
+
+    /// The replicas the Service sends to now (a replica leaves before it stops, returns once ready).
+    pub fn set_in_service(&self, urls: Vec<String>) {
+        *lock(&self.in_service) = urls;
+    }
+
+    pub fn add_room(&self, room: &str, shard: &str) {
+        lock(&self.rooms).insert(room.to_owned(), shard.to_owned());
+    }
+
+    /// The room's participants left: nobody asks for it any more.
+    pub fn end_room(&self, room: &str) {
+        lock(&self.rooms).remove(room);
+    }
+
+    pub async fn finish(self) -> TrafficOutcome {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the traffic task")
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

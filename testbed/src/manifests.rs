@@ -238,3 +238,64 @@ pub fn edit(file: &Path, from: &str, to: &str) {
     assert!(text.contains(from), "{} has no {from:?}", file.display());
     std::fs::write(file, text.replacen(from, to, 1)).expect("writing the copy");
 }
+
+/// The production overlay applied from a copy of `manifests/` into `namespace`, as docs/deploying.md
+/// says; returns the copy's overlay folder.
+pub fn render_copy(copy: &Path, namespace: &str) -> Vec<Value> {
+    render_dir(&copy.join("manifests/overlays/production"))
+        .into_iter()
+        .map(|mut object| {
+            if kind(&object) == "Namespace" {
+                object["metadata"]["name"] = serde_json::json!(namespace);
+            }
+            object
+        })
+        .collect()
+}
+
+/// The copy rendered again and applied as docs/deploying.md says (the Namespace exists already).
+pub fn reapply(copy: &Path, namespace: &str) {
+    let objects: Vec<Value> = render_copy(copy, namespace)
+        .into_iter()
+        .filter(|o| kind(o) != "Namespace")
+        .collect();
+    apply_list(&objects);
+}
+
+pub fn apply_list(objects: &[Value]) {
+    let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects }).to_string();
+    let (ok, _, stderr) = kubectl(&["apply", "--server-side", "--filename=-"], &list);
+    assert!(ok, "kubectl apply --server-side:\n{stderr}");
+}
+
+/// The production overlay of a copy applied into `namespace` as docs/deploying.md says: the Namespace, the
+/// Secret `jitsi-secrets` created by hand (with values no Jitsi checks here), everything else. Returns
+/// what was rendered.
+pub fn deploy_copy(copy: &Path, namespace: &str) -> Vec<Value> {
+    let objects = render_copy(copy, namespace);
+    let (namespaces, rest): (Vec<Value>, Vec<Value>) =
+        objects.iter().cloned().partition(|o| kind(o) == "Namespace");
+    apply(&namespaces);
+    create_jitsi_secrets(namespace);
+    apply_list(&rest);
+    objects
+}
+
+/// The Secret `jitsi-secrets` an operator creates by hand (docs/deploying.md), with values no Jitsi checks
+/// here.
+pub fn create_jitsi_secrets(namespace: &str) {
+    let (ok, _, stderr) = kubectl(
+        &[
+            "--namespace",
+            namespace,
+            "create",
+            "secret",
+            "generic",
+            "jitsi-secrets",
+            "--from-literal=JICOFO_AUTH_PASSWORD=not-a-real-one",
+            "--from-literal=JVB_AUTH_PASSWORD=not-a-real-one",
+        ],
+        "",
+    );
+    assert!(ok, "creating jitsi-secrets: {stderr}");
+}

@@ -9,6 +9,7 @@
 #   HAPROXY_PEER_ADDRESS  address of a peer: {name} is its pod name, {ordinal} its ordinal
 #   HAPROXY_LOCAL_PEER    this replica's name (default: the pod's hostname)
 #   HAPROXY_RUNTIME_DIR   where the peers section and the admin socket go (default /tmp)
+#   HAPROXY_SYNC_SECONDS  how long a new replica is not ready, learning the rooms from its peers (default 5)
 #   HAPROXY_DRAINING_SHARDS  shards being retired, e.g. "shard-0" (space- or comma-separated; default
 #                         none): each gets weight 0 (haproxy.cfg), so no new room goes there while its
 #                         rooms stay
@@ -69,5 +70,12 @@ while [ "$ordinal" -lt "$replicas" ]; do
   ordinal=$((ordinal + 1))
 done
 mv "$peers_file.new" "$peers_file"
+
+sync_seconds=${HAPROXY_SYNC_SECONDS:-5}
+case "$sync_seconds" in
+  '' | *[!0-9]*) fail "HAPROXY_SYNC_SECONDS must be a number of seconds, got '$sync_seconds'" ;;
+esac
+HAPROXY_READY_AFTER=$(($(date +%s) + sync_seconds))
+export HAPROXY_READY_AFTER
 
 exec haproxy -W -db -L "$local_peer" -f "$config_dir/haproxy.cfg" -f "$peers_file"

@@ -3,7 +3,11 @@
 //! - `net-peer serve <udp|tcp> <port> <reply>`: a pod's port: answers every datagram (UDP) or every
 //!   connection (TCP) with `<reply>` (the pod's name), until killed;
 //! - `net-peer probe <udp|tcp> <ip:port> <timeout-ms>`: a client: sends one datagram or opens one
-//!   connection, prints the answer and exits 0, or exits 1 silently when nothing answers in time.
+//!   connection, prints the answer and exits 0, or exits 1 silently when nothing answers in time;
+//! - `net-peer flow <ip:port> <interval-ms> <timeout-ms>`: a media flow: datagram `seq <n>` every
+//!   interval, n = 1, 2, …, each waited for up to the timeout; prints `<n> <answering pod>` or `<n> -`
+//!   per datagram, until killed. A UDP server answers `seq <n>` with `<pod> seq <n>`, so a late answer
+//!   is never taken for the next one's.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -16,8 +20,10 @@ fn main() -> ExitCode {
         ["serve", "udp", port, reply] => serve_udp(port, reply),
         ["serve", "tcp", port, reply] => serve_tcp(port, reply),
         ["probe", protocol @ ("udp" | "tcp"), to, timeout_ms] => probe(protocol, to, timeout_ms),
+        ["flow", to, interval_ms, timeout_ms] => flow(to, interval_ms, timeout_ms),
         _ => Err(
-            "usage: net-peer serve <udp|tcp> <port> <reply> | net-peer probe <udp|tcp> <ip:port> <timeout-ms>"
+            "usage: net-peer serve <udp|tcp> <port> <reply> | net-peer probe <udp|tcp> <ip:port> <timeout-ms> \
+             | net-peer flow <ip:port> <interval-ms> <timeout-ms>"
                 .to_owned(),
         ),
     };
@@ -39,11 +45,15 @@ fn serve_udp(port_text: &str, reply: &str) -> Result<ExitCode, String> {
     let socket = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| format!("binding UDP {port}: {e}"))?;
     let mut buffer = [0u8; 1500];
     loop {
-        let (_, from) = socket
+        let (length, from) = socket
             .recv_from(&mut buffer)
             .map_err(|e| format!("receiving: {e}"))?;
+        let answer = match &buffer[..length] {
+            sequenced if sequenced.starts_with(b"seq ") => [reply.as_bytes(), b" ", sequenced].concat(),
+            _ => reply.as_bytes().to_vec(),
+        };
         // A lost answer is the prober's to notice (it times out), not a reason to stop serving.
-        let _ = socket.send_to(reply.as_bytes(), from);
+        let _ = socket.send_to(&answer, from);
     }
 }
 
@@ -52,6 +62,55 @@ fn serve_tcp(port_text: &str, reply: &str) -> Result<ExitCode, String> {
     let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("binding TCP {port}: {e}"))?;
     for mut stream in listener.incoming().flatten() {
         let _ = stream.write_all(reply.as_bytes());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn milliseconds(text: &str) -> Result<Duration, String> {
+    text.parse::<u64>()
+        .map(|ms| Duration::from_millis(ms.max(1)))
+        .map_err(|e| format!("milliseconds {text:?}: {e}"))
+}
+
+fn flow(to: &str, interval_ms: &str, timeout_ms: &str) -> Result<ExitCode, String> {
+    let to: SocketAddr = to.parse().map_err(|e| format!("address {to:?}: {e}"))?;
+    let (interval, timeout) = (milliseconds(interval_ms)?, milliseconds(timeout_ms)?);
+    // One socket for the whole flow, as a call keeps its 5-tuple (and its conntrack entry).
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("binding: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    let mut buffer = [0u8; 1500];
+    for seq in 1u64.. {
+        let started = std::time::Instant::now();
+        let sent = format!("seq {seq}");
+        socket
+            .send_to(sent.as_bytes(), to)
+            .map_err(|e| format!("sending to {to}: {e}"))?;
+        let mut answered_by = None;
+        while answered_by.is_none() {
+            let Some(left) = timeout.checked_sub(started.elapsed()).filter(|l| !l.is_zero()) else {
+                break;
+            };
+            socket
+                .set_read_timeout(Some(left))
+                .map_err(|e| format!("setting the timeout: {e}"))?;
+            match socket.recv_from(&mut buffer) {
+                Ok((length, _)) => {
+                    let answer = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                    // Another datagram's late answer is skipped.
+                    if let Some(pod) = answer.strip_suffix(&format!(" {sent}")) {
+                        answered_by = Some(pod.to_owned());
+                    }
+                }
+                // Timed out, or refused (ICMP port unreachable): this one is lost.
+                Err(_) => break,
+            }
+        }
+        writeln!(out, "{seq} {}", answered_by.as_deref().unwrap_or("-"))
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("writing: {e}"))?;
+        if let Some(rest) = interval.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

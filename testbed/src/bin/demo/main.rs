@@ -605,7 +605,7 @@ async fn follow_bridges(
                         if let Some(load) = &load {
                             bridge.stub.set_leave_every(load.leave_every());
                         }
-                        bridge.drain = Some(start_drain(&bridge.stub));
+                        bridge.drain = Some(bridge.stub.start_pre_stop_drain());
                     }
                     Some(hook) => {
                         if let Ok(Some(_)) = hook.try_wait() {
@@ -683,21 +683,6 @@ fn media_port(pod: &Pod) -> u16 {
         .and_then(|o| o.parse().ok())
         .unwrap_or(0);
     base + ordinal
-}
-
-/// The pod's preStop hook, as the manifest runs it: `jvb-startup drain` against the bridge.
-fn start_drain(stub: &BridgeStub) -> tokio::process::Child {
-    tokio::process::Command::new(testbed::daemon::binary("jvb-startup"))
-        .arg("drain")
-        .env("JVB_URL", stub.url())
-        .env("DRAIN_INTERVAL", "500ms")
-        .env("DRAIN_TIMEOUT", "2m")
-        .env("DRAIN_GONE_AFTER", "1s")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting jvb-startup drain")
 }
 
 async fn scale(cluster: &Cluster, replicas: i32) -> Result<(), Failure> {
