@@ -438,9 +438,12 @@ fn every_shard_is_a_haproxy_server<'a>(
     );
     for set in bridge_sets {
         let shard = set.strip_suffix("-jvb").unwrap();
+        let number = shard.strip_prefix("shard-").unwrap();
+        // Its weight: 1, or 0 while it drains (start.sh sets HAPROXY_WEIGHT_SHARD_<N>).
         assert!(
             config.contains(&format!(
-                "  server {shard} \"{shard}-web.${{HAPROXY_SHARD_DOMAIN}}:${{HAPROXY_SHARD_PORT}}\"\n"
+                "  server {shard} \"{shard}-web.${{HAPROXY_SHARD_DOMAIN}}:${{HAPROXY_SHARD_PORT}}\" \
+                 weight \"${{HAPROXY_WEIGHT_SHARD_{number}-1}}\"\n"
             )),
             "{overlay}: haproxy.cfg has no server for {shard}"
         );
