@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 use testbed::jitsi_images::{self, ShardReport, Sources};
 use testbed::manifests::{self, edit, render_dir, render_overlay};
+use testbed::prosody::{Auth, Credentials, InRoom, Prosody, ProsodyOptions, login};
 use testbed::repo_root;
 
 /// Sources found once per tag for the whole test binary (resolving builds `tpl`).
@@ -328,4 +329,199 @@ fn the_upgrade_command_names_what_changed_and_what_it_breaks() {
     ] {
         assert!(report.contains(needle), "the report lacks {needle:?}:\n{report}");
     }
+}
+
+/// The file `path` as the image's configuration script wrote it for `container` (`<workload>-<name>`,
+/// e.g. `shard-0-prosody-prosody`) of `shard`, in the contract run `purpose`.
+fn rendered(purpose: &str, shard: &str, container: &str, path: &str) -> String {
+    let file = repo_root()
+        .join("target/image-contract")
+        .join(purpose)
+        .join(shard)
+        .join(container)
+        .join("sandbox/root")
+        .join(path.trim_start_matches('/'));
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// The settings of one `VirtualHost "<host>"` or `Component "<host>"` block of a rendered Prosody
+/// configuration: its non-empty, non-comment lines up to the next block, trimmed.
+fn prosody_block(config: &str, kind: &str, host: &str) -> Vec<String> {
+    let header = format!("{kind} \"{host}\"");
+    let mut lines = config.lines().skip_while(|l| !l.trim_start().starts_with(&header));
+    assert!(lines.next().is_some(), "no {header} in the rendered configuration:\n{config}");
+    lines
+        .take_while(|l| !(l.starts_with("VirtualHost ") || l.starts_with("Component ")))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lines of `block` that set one of `settings`, verbatim.
+fn settings_of(block: &[String], settings: &[&str]) -> Vec<String> {
+    block
+        .iter()
+        .filter(|line| settings.iter().any(|s| line.starts_with(&format!("{s} ")) || line.starts_with(&format!("{s}="))))
+        .cloned()
+        .collect()
+}
+
+/// components/auth-internal and components/auth-jwt set exactly what the images read for them (every
+/// variable read, every port and probe still right), and the images' own templates turn them into the
+/// configuration that decides who opens a room: Prosody's VirtualHosts (accounts, guests, tokens) and MUC
+/// (only admins create rooms: Jicofo), Jicofo's authentication, web's login and guest domains. Then the
+/// rendered internal-authentication settings run in the real Prosody 13: an account logs in with its
+/// password and not with another, nobody gets in anonymously where accounts are required, a guest does
+/// on the guest domain, a member cannot create a room — only Jicofo's account can, after which members and
+/// guests join it — and the accounts survive a restart. JWT's checks (Jitsi's token plugin) come only from
+/// Jitsi's own package repository: they are checked against the rendered configuration only.
+#[test]
+fn the_auth_components_set_what_the_images_read_and_prosody_enforces_it() {
+    let copy = manifests::copy_of_manifests("contract-auth");
+    let production = copy.join("manifests/overlays/production");
+    with_shard_component(&production.join("shard-0"), "auth-internal");
+    with_shard_component(&production.join("shard-1"), "auth-jwt");
+    let objects = render_dir(&production);
+    let reports = contract(&objects, "auth");
+    std::fs::remove_dir_all(&copy).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_kept(&reports, "production with auth-internal (shard-0) and auth-jwt (shard-1)");
+
+    // shard-0, internal accounts.
+    let prosody = rendered("auth", "shard-0", "shard-0-prosody-prosody", "/run/prosody/config/conf.d/jitsi-meet.cfg.lua");
+    let main = prosody_block(&prosody, "VirtualHost", "meet.jitsi");
+    let guest = prosody_block(&prosody, "VirtualHost", "guest.meet.jitsi");
+    let internal = prosody_block(&prosody, "VirtualHost", "auth.meet.jitsi");
+    let muc = prosody_block(&prosody, "Component", "muc.meet.jitsi");
+    let main_auth = settings_of(&main, &["authentication", "disable_sasl_mechanisms"]);
+    assert_eq!(
+        main_auth,
+        ["authentication = \"internal_hashed\"", "disable_sasl_mechanisms={ \"DIGEST-MD5\", \"OAUTHBEARER\" }"],
+        "{main:?}"
+    );
+    let guest_auth = settings_of(&guest, &["authentication"]);
+    assert_eq!(guest_auth, ["authentication = \"jitsi-anonymous\""]);
+    // Only admins create rooms; an instant room opens at once (no configuration step).
+    let muc_rule = settings_of(&muc, &["restrict_room_creation", "muc_room_locking"]);
+    assert_eq!(
+        muc_rule,
+        ["restrict_room_creation = true", "muc_room_locking = false"],
+        "{muc:?}"
+    );
+    let admins_line = prosody
+        .lines()
+        .skip_while(|l| !l.starts_with("admins = {"))
+        .take_while(|l| !l.starts_with('}'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(admins_line.contains("\"focus@auth.meet.jitsi\""), "{admins_line}");
+    let jicofo = rendered("auth", "shard-0", "shard-0-jicofo-jicofo", "/run/jicofo/config/jicofo.conf");
+    let authentication: String = jicofo
+        .lines()
+        .skip_while(|l| l.trim() != "authentication {")
+        .take_while(|l| l.trim() != "}")
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    for wanted in ["enabled = true", "type = XMPP", "login-url = \"meet.jitsi\""] {
+        assert!(authentication.contains(wanted), "jicofo.conf authentication: {authentication}");
+    }
+    let web = rendered("auth", "shard-0", "shard-0-web-web", "/run/web/config/config.js");
+    assert!(web.contains("config.hosts.anonymousdomain = 'guest.meet.jitsi';"), "{web}");
+    assert!(web.contains("config.hosts.authdomain = 'meet.jitsi';"), "{web}");
+
+    // shard-1, tokens.
+    let prosody_jwt = rendered("auth", "shard-1", "shard-1-prosody-prosody", "/run/prosody/config/conf.d/jitsi-meet.cfg.lua");
+    let main_jwt = prosody_block(&prosody_jwt, "VirtualHost", "meet.jitsi");
+    for wanted in ["authentication = \"token\"", "allow_empty_token = false"] {
+        assert!(main_jwt.iter().any(|l| l == wanted), "{wanted}: {main_jwt:?}");
+    }
+    assert!(main_jwt.iter().any(|l| l.starts_with("app_id = \"") && l != "app_id = \"\""), "{main_jwt:?}");
+    assert!(main_jwt.iter().any(|l| l.starts_with("app_secret = \"") && l != "app_secret = \"\""), "{main_jwt:?}");
+    assert!(prosody_jwt.contains("asap_accepted_issuers = { \"my-portal\" }"), "{prosody_jwt}");
+    assert!(prosody_jwt.contains("asap_accepted_audiences = { \"jitsi\" }"), "{prosody_jwt}");
+    let muc_jwt = prosody_block(&prosody_jwt, "Component", "muc.meet.jitsi");
+    assert!(muc_jwt.iter().any(|l| l == "\"token_verification\";"), "{muc_jwt:?}");
+    let jicofo_jwt = rendered("auth", "shard-1", "shard-1-jicofo-jicofo", "/run/jicofo/config/jicofo.conf");
+    assert!(jicofo_jwt.contains("type = JWT"), "{jicofo_jwt}");
+
+    // The rendered internal authentication in the real Prosody (Debian's 13, what the image runs), on
+    // the image's own host names.
+    let mut server = Prosody::start(ProsodyOptions {
+        auth: Some(Auth {
+            admins: vec!["focus@auth.meet.jitsi".to_owned()],
+            domain: "meet.jitsi".to_owned(),
+            domain_settings: main_auth,
+            guest: Some(("guest.meet.jitsi".to_owned(), guest_auth)),
+            auth_domain: "auth.meet.jitsi".to_owned(),
+            auth_domain_settings: settings_of(&internal, &["authentication"]),
+            muc: "muc.meet.jitsi".to_owned(),
+            muc_settings: muc_rule,
+        }),
+        ..ProsodyOptions::default()
+    });
+    // Accounts as docs/deploying.md creates them (and as the image creates Jicofo's).
+    for (jid, password) in [("alice@meet.jitsi", "correct horse"), ("focus@auth.meet.jitsi", "focus-secret")] {
+        let (ok, said) = server.prosodyctl(&["shell", "user", "create", jid, password]);
+        assert!(ok, "prosodyctl shell user create {jid}: {said}");
+    }
+    let room = "standup@muc.meet.jitsi";
+    let alice = Credentials::Password("correct horse");
+    let (ok, said) = login(&server, "alice@meet.jitsi", alice, None);
+    assert!(ok && said.starts_with("authenticated alice@meet.jitsi/"), "{said}");
+    let (ok, said) = login(&server, "alice@meet.jitsi", Credentials::Password("wrong"), None);
+    assert!(!ok && said.starts_with("auth-failed"), "a wrong password: {said}");
+    let (ok, said) = login(&server, "meet.jitsi", Credentials::Anonymous, None);
+    assert!(!ok && said.starts_with("auth-failed"), "anonymous where accounts are required: {said}");
+    // Only Jicofo's account creates rooms (restrict_room_creation: admins only).
+    let (ok, said) = login(&server, "alice@meet.jitsi", alice, Some(room));
+    assert!(!ok && said.contains("join-refused not-allowed"), "a member created a room: {said}");
+    let (ok, said) = login(&server, "guest.meet.jitsi", Credentials::Anonymous, Some(room));
+    assert!(!ok && said.contains("join-refused not-allowed"), "a guest created a room: {said}");
+    let focus = InRoom::join(&server, "focus@auth.meet.jitsi", Credentials::Password("focus-secret"), room);
+    let (ok, said) = login(&server, "alice@meet.jitsi", alice, Some(room));
+    assert!(ok && said.contains(&format!("joined {room}")), "{said}");
+    let (ok, said) = login(&server, "guest.meet.jitsi", Credentials::Anonymous, Some(room));
+    assert!(ok && said.contains(&format!("joined {room}")), "a guest joining a member's room: {said}");
+    drop(focus);
+    // Removing an account, as docs/deploying.md does it.
+    let (ok, said) = server.prosodyctl(&["shell", "user", "create", "bob@meet.jitsi", "temporary"]);
+    assert!(ok, "{said}");
+    let (ok, said) = server.prosodyctl(&["shell", "user", "delete", "bob@meet.jitsi"]);
+    assert!(ok, "prosodyctl shell user delete: {said}");
+    let (ok, said) = login(&server, "bob@meet.jitsi", Credentials::Password("temporary"), None);
+    assert!(!ok, "a deleted account logged in: {said}");
+    // The accounts are in Prosody's data folder (the PersistentVolumeClaim of auth-internal): a restart
+    // keeps them.
+    server.restart();
+    let (ok, said) = login(&server, "alice@meet.jitsi", alice, None);
+    assert!(ok, "alice after a restart: {said}");
+}
+
+/// components/auth-ldap (documented, not run: no directory here) sets what the images read for LDAP, and
+/// the image's own templates turn it into saslauthd's configuration and Prosody's `cyrus` authentication.
+#[test]
+fn the_ldap_component_sets_what_the_images_read() {
+    let copy = manifests::copy_of_manifests("contract-ldap");
+    let dev = copy.join("manifests/overlays/dev");
+    with_shard_component(&dev.join("shard-0"), "auth-ldap");
+    let objects = render_dir(&dev);
+    let reports = contract(&objects, "ldap");
+    std::fs::remove_dir_all(&copy).unwrap();
+    assert_kept(&reports, "dev with auth-ldap");
+    let saslauthd = rendered("ldap", "shard-0", "shard-0-prosody-prosody", "/run/saslauthd.conf");
+    for wanted in [
+        "ldap_servers: ldaps://ldap.example.org",
+        "ldap_search_base: ou=people,dc=example,dc=org",
+        "ldap_bind_dn: cn=jitsi,ou=services,dc=example,dc=org",
+        "ldap_filter: (uid=%u)",
+    ] {
+        assert!(saslauthd.contains(wanted), "{wanted}:\n{saslauthd}");
+    }
+    assert!(saslauthd.contains("ldap_bind_pw: "), "{saslauthd}");
+    let prosody = rendered("ldap", "shard-0", "shard-0-prosody-prosody", "/run/prosody/config/conf.d/jitsi-meet.cfg.lua");
+    let main = prosody_block(&prosody, "VirtualHost", "meet.jitsi");
+    assert_eq!(settings_of(&main, &["authentication"]), ["authentication = \"cyrus\""], "{main:?}");
+    assert!(main.iter().any(|l| l == "\"auth_cyrus\";"), "{main:?}");
 }

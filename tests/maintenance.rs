@@ -271,7 +271,7 @@ async fn a_change_to_one_shard_restarts_only_that_shards_pods_of_that_component(
         );
     }
 
-    // 2. Retiring a shard scales its web to 0: a re-apply keeps it there.
+    // 2. A replica count set by hand (web at 0) survives a re-apply.
     let deployments: Api<Deployment> = namespace.api();
     deployments
         .patch(

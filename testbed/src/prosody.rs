@@ -24,6 +24,59 @@ pub struct ProsodyOptions {
     pub statistics: bool,
     /// `openmetrics_allow_ips`; `None` keeps Prosody's default (localhost only).
     pub openmetrics_allow_ips: Option<Vec<String>>,
+    /// Accounts and guests as the jitsi/prosody image configures them; `None`: anonymous logins on
+    /// [`DOMAIN`], rooms on [`MUC`].
+    pub auth: Option<Auth>,
+}
+
+/// The hosts and settings of the jitsi/prosody image's rendered configuration that decide who logs in
+/// and who opens a room (tests/image_contract.rs takes them from the image's own templates).
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    /// `admins`: the accounts that may create rooms where `restrict_room_creation` is set (Jicofo's).
+    pub admins: Vec<String>,
+    /// The users' VirtualHost and its authentication settings.
+    pub domain: String,
+    pub domain_settings: Vec<String>,
+    /// The guests' VirtualHost and its settings, when guests are allowed.
+    pub guest: Option<(String, Vec<String>)>,
+    /// The internal VirtualHost where Jicofo's and the bridges' accounts live, and its settings.
+    pub auth_domain: String,
+    pub auth_domain_settings: Vec<String>,
+    /// The conference MUC and its settings.
+    pub muc: String,
+    pub muc_settings: Vec<String>,
+}
+
+impl Auth {
+    fn config(&self) -> String {
+        let lines = |settings: &[String]| {
+            settings
+                .iter()
+                .map(|line| format!("  {line}\n"))
+                .collect::<String>()
+        };
+        let quoted = |names: &[String]| {
+            names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join("; ")
+        };
+        let mut config = format!(
+            "admins = {{ {} }}\n\nVirtualHost \"{}\"\n{}  modules_enabled = {{ \"muc_census\" }}\n\n",
+            quoted(&self.admins),
+            self.domain,
+            lines(&self.domain_settings)
+        );
+        if let Some((guest, settings)) = &self.guest {
+            config.push_str(&format!("VirtualHost \"{guest}\"\n{}\n", lines(settings)));
+        }
+        config.push_str(&format!(
+            "VirtualHost \"{}\"\n{}\nComponent \"{}\" \"muc\"\n{}",
+            self.auth_domain,
+            lines(&self.auth_domain_settings),
+            self.muc,
+            lines(&self.muc_settings)
+        ));
+        config
+    }
 }
 
 impl Default for ProsodyOptions {
@@ -31,6 +84,7 @@ impl Default for ProsodyOptions {
         Self {
             statistics: true,
             openmetrics_allow_ips: None,
+            auth: None,
         }
     }
 }
@@ -78,6 +132,21 @@ impl Prosody {
         } else {
             ""
         };
+        let hosts = options.auth.as_ref().map_or_else(
+            || {
+                format!(
+                    r#"VirtualHost "{DOMAIN}"
+  authentication = "anonymous"
+  modules_enabled = {{ "muc_census" }}
+
+Component "{MUC}" "muc"
+  muc_room_locking = false
+"#
+                )
+            },
+            Auth::config,
+        );
+        let http_host = options.auth.as_ref().map_or(DOMAIN, |auth| auth.domain.as_str());
         let config = format!(
             r#"-- Written by the integration tests: like the jitsi/prosody image, on loopback and free ports.
 pidfile = "{dir}/prosody.pid"
@@ -90,33 +159,47 @@ component_ports = {{ }}
 http_ports = {{ {http_port} }}
 http_interfaces = {{ "127.0.0.1" }}
 https_ports = {{ }}
-http_default_host = "{DOMAIN}"
+http_default_host = "{http_host}"
 log = {{ info = "{dir}/prosody.log" }}
-{statistics}{allow}modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "http_openmetrics"; "bosh" }}
+{statistics}{allow}modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "http_openmetrics"; "bosh"; "admin_shell" }}
+admin_socket = "{dir}/prosody.sock"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 
-VirtualHost "{DOMAIN}"
-  authentication = "anonymous"
-  modules_enabled = {{ "muc_census" }}
-
-Component "{MUC}" "muc"
-  muc_room_locking = false
-"#,
+{hosts}"#,
             dir = dir.display(),
             modules = modules.display(),
         );
         let config_path = dir.join("prosody.cfg.lua");
         std::fs::write(&config_path, config).expect("writing the Prosody config");
+        let mut prosody = Self {
+            child: None,
+            dir,
+            c2s_port,
+            http_port,
+        };
+        prosody.spawn();
+        prosody
+    }
+
+    /// Stops Prosody and starts it again on the same configuration and data (an account created before
+    /// is still there).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let config_path = self.dir.join("prosody.cfg.lua");
         // Prosody run as root breaks modules: run it as its own user (setpriv execs, so the child is
         // Prosody itself and killing it stops Prosody).
         let mut command = if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "prosody:"])
-                .arg(&dir)
+                .arg(&self.dir)
                 .status()
                 .expect("chown");
-            assert!(status.success(), "chown of {} failed", dir.display());
+            assert!(status.success(), "chown of {} failed", self.dir.display());
             let mut command = Command::new("setpriv");
             command.args([
                 "--reuid=prosody",
@@ -129,7 +212,7 @@ Component "{MUC}" "muc"
         } else {
             Command::new("prosody")
         };
-        let log = std::fs::File::create(dir.join("stdout.log")).expect("log file");
+        let log = std::fs::File::create(self.dir.join("stdout.log")).expect("log file");
         let child = command
             .args(["-F", "--config"])
             .arg(&config_path)
@@ -140,14 +223,8 @@ Component "{MUC}" "muc"
             .process_group(0)
             .spawn()
             .expect("starting prosody (Debian package prosody; cargo xtask test installs it)");
-        let mut prosody = Self {
-            child: Some(child),
-            dir,
-            c2s_port,
-            http_port,
-        };
-        prosody.wait_listening();
-        prosody
+        self.child = Some(child);
+        self.wait_listening();
     }
 
     fn wait_listening(&mut self) {
@@ -188,6 +265,35 @@ Component "{MUC}" "muc"
     pub fn log(&self) -> String {
         let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
         format!("{}{}", read("stdout.log"), read("prosody.log"))
+    }
+
+    /// `prosodyctl --config <this Prosody's config> <args>`, as Prosody's user (as the image runs it, in
+    /// the pod: `kubectl exec … prosodyctl --config /run/prosody/config/prosody.cfg.lua …`): whether it
+    /// succeeded, and what it said.
+    pub fn prosodyctl(&self, args: &[&str]) -> (bool, String) {
+        let config = self.dir.join("prosody.cfg.lua");
+        let mut command = if is_root() {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=prosody", "--regid=prosody", "--clear-groups", "--", "prosodyctl"]);
+            command
+        } else {
+            Command::new("prosodyctl")
+        };
+        let output = command
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running prosodyctl");
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
     }
 
     /// Kills Prosody at once, as a crash would.
@@ -312,4 +418,75 @@ impl Drop for Occupants {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How an XMPP client proves who it is.
+#[derive(Clone, Copy, Debug)]
+pub enum Credentials<'a> {
+    Password(&'a str),
+    /// SASL ANONYMOUS on the host named by the JID (Jitsi's guests).
+    Anonymous,
+}
+
+/// One real XMPP client (`testbed/xmpp/login.py`): logs in as `jid` and, when given, joins `room`
+/// (creating it if Prosody lets this user). Returns whether every step succeeded and what it printed
+/// ("authenticated <jid>" or "auth-failed …", "joined <room>" or "join-refused <condition>").
+pub fn login(prosody: &Prosody, jid: &str, credentials: Credentials, room: Option<&str>) -> (bool, String) {
+    let mut command = login_command(prosody, jid, credentials, room);
+    let output = command.stdin(Stdio::null()).output().expect("running login.py");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// A client logged in and sitting in `room` until dropped (a room lives while someone is in it).
+#[derive(Debug)]
+pub struct InRoom {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl InRoom {
+    pub fn join(prosody: &Prosody, jid: &str, credentials: Credentials, room: &str) -> Self {
+        let mut child = login_command(prosody, jid, credentials, Some(room))
+            .arg("--hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting login.py");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line).expect("reading login.py");
+            said.push_str(&line);
+            assert!(read > 0, "{jid} did not get into {room}: {said}");
+            if line.trim() == "holding" {
+                break;
+            }
+        }
+        Self { child, stdin }
+    }
+}
+
+impl Drop for InRoom {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn login_command(prosody: &Prosody, jid: &str, credentials: Credentials, room: Option<&str>) -> Command {
+    let mut command = Command::new(xmpp_python());
+    command
+        .arg(repo_root().join("testbed/xmpp/login.py"))
+        .args(["--port", &prosody.c2s_port.to_string(), "--jid", jid]);
+    match credentials {
+        Credentials::Password(password) => command.args(["--password", password]),
+        Credentials::Anonymous => command.arg("--anonymous"),
+    };
+    if let Some(room) = room {
+        command.args(["--room", room]);
+    }
+    command.stderr(Stdio::inherit());
+    command
 }
