@@ -93,10 +93,14 @@ async fn a_shards_accounts_live_on_its_own_volume_and_come_back_with_a_new_proso
     // Pod Security with the claim among its volumes.
     manifests::apply(&rest);
     let claims: Api<PersistentVolumeClaim> = namespace.api();
-    eventually("the claim Bound to its volume", Duration::from_secs(60), || async {
-        let claim = claims.get("shard-0-prosody-data").await.ok()?;
-        (claim.status?.phase.as_deref() == Some("Bound")).then_some(())
-    })
+    eventually(
+        "the claim Bound to its volume",
+        Duration::from_secs(60),
+        || async {
+            let claim = claims.get("shard-0-prosody-data").await.ok()?;
+            (claim.status?.phase.as_deref() == Some("Bound")).then_some(())
+        },
+    )
     .await;
     let pods: Api<Pod> = namespace.api();
     let first = running_prosody(&pods).await;
@@ -105,7 +109,9 @@ async fn a_shards_accounts_live_on_its_own_volume_and_come_back_with_a_new_proso
     // A new Prosody pod (a restart, a node lost) gets the same claim, hence the same accounts.
     let deployments: Api<Deployment> = namespace.api();
     assert!(deployments.get("shard-0-prosody").await.is_ok());
-    pods.delete(&first.name_any(), &DeleteParams::default()).await.unwrap();
+    pods.delete(&first.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
     let second = eventually("a new Prosody pod", Duration::from_secs(120), || async {
         let pod = running_prosody(&pods).await;
         (pod.uid() != first.uid()).then_some(pod)

@@ -348,8 +348,13 @@ fn rendered(purpose: &str, shard: &str, container: &str, path: &str) -> String {
 /// configuration: its non-empty, non-comment lines up to the next block, trimmed.
 fn prosody_block(config: &str, kind: &str, host: &str) -> Vec<String> {
     let header = format!("{kind} \"{host}\"");
-    let mut lines = config.lines().skip_while(|l| !l.trim_start().starts_with(&header));
-    assert!(lines.next().is_some(), "no {header} in the rendered configuration:\n{config}");
+    let mut lines = config
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&header));
+    assert!(
+        lines.next().is_some(),
+        "no {header} in the rendered configuration:\n{config}"
+    );
     lines
         .take_while(|l| !(l.starts_with("VirtualHost ") || l.starts_with("Component ")))
         .map(str::trim)
@@ -362,7 +367,11 @@ fn prosody_block(config: &str, kind: &str, host: &str) -> Vec<String> {
 fn settings_of(block: &[String], settings: &[&str]) -> Vec<String> {
     block
         .iter()
-        .filter(|line| settings.iter().any(|s| line.starts_with(&format!("{s} ")) || line.starts_with(&format!("{s}="))))
+        .filter(|line| {
+            settings
+                .iter()
+                .any(|s| line.starts_with(&format!("{s} ")) || line.starts_with(&format!("{s}=")))
+        })
         .cloned()
         .collect()
 }
@@ -386,10 +395,18 @@ fn the_auth_components_set_what_the_images_read_and_prosody_enforces_it() {
     let reports = contract(&objects, "auth");
     std::fs::remove_dir_all(&copy).unwrap();
     assert_eq!(reports.len(), 2);
-    assert_kept(&reports, "production with auth-internal (shard-0) and auth-jwt (shard-1)");
+    assert_kept(
+        &reports,
+        "production with auth-internal (shard-0) and auth-jwt (shard-1)",
+    );
 
     // shard-0, internal accounts.
-    let prosody = rendered("auth", "shard-0", "shard-0-prosody-prosody", "/run/prosody/config/conf.d/jitsi-meet.cfg.lua");
+    let prosody = rendered(
+        "auth",
+        "shard-0",
+        "shard-0-prosody-prosody",
+        "/run/prosody/config/conf.d/jitsi-meet.cfg.lua",
+    );
     let main = prosody_block(&prosody, "VirtualHost", "meet.jitsi");
     let guest = prosody_block(&prosody, "VirtualHost", "guest.meet.jitsi");
     let internal = prosody_block(&prosody, "VirtualHost", "auth.meet.jitsi");
@@ -397,7 +414,10 @@ fn the_auth_components_set_what_the_images_read_and_prosody_enforces_it() {
     let main_auth = settings_of(&main, &["authentication", "disable_sasl_mechanisms"]);
     assert_eq!(
         main_auth,
-        ["authentication = \"internal_hashed\"", "disable_sasl_mechanisms={ \"DIGEST-MD5\", \"OAUTHBEARER\" }"],
+        [
+            "authentication = \"internal_hashed\"",
+            "disable_sasl_mechanisms={ \"DIGEST-MD5\", \"OAUTHBEARER\" }"
+        ],
         "{main:?}"
     );
     let guest_auth = settings_of(&guest, &["authentication"]);
@@ -416,7 +436,12 @@ fn the_auth_components_set_what_the_images_read_and_prosody_enforces_it() {
         .collect::<Vec<_>>()
         .join(" ");
     assert!(admins_line.contains("\"focus@auth.meet.jitsi\""), "{admins_line}");
-    let jicofo = rendered("auth", "shard-0", "shard-0-jicofo-jicofo", "/run/jicofo/config/jicofo.conf");
+    let jicofo = rendered(
+        "auth",
+        "shard-0",
+        "shard-0-jicofo-jicofo",
+        "/run/jicofo/config/jicofo.conf",
+    );
     let authentication: String = jicofo
         .lines()
         .skip_while(|l| l.trim() != "authentication {")
@@ -425,25 +450,60 @@ fn the_auth_components_set_what_the_images_read_and_prosody_enforces_it() {
         .collect::<Vec<_>>()
         .join(" ");
     for wanted in ["enabled = true", "type = XMPP", "login-url = \"meet.jitsi\""] {
-        assert!(authentication.contains(wanted), "jicofo.conf authentication: {authentication}");
+        assert!(
+            authentication.contains(wanted),
+            "jicofo.conf authentication: {authentication}"
+        );
     }
     let web = rendered("auth", "shard-0", "shard-0-web-web", "/run/web/config/config.js");
-    assert!(web.contains("config.hosts.anonymousdomain = 'guest.meet.jitsi';"), "{web}");
+    assert!(
+        web.contains("config.hosts.anonymousdomain = 'guest.meet.jitsi';"),
+        "{web}"
+    );
     assert!(web.contains("config.hosts.authdomain = 'meet.jitsi';"), "{web}");
 
     // shard-1, tokens.
-    let prosody_jwt = rendered("auth", "shard-1", "shard-1-prosody-prosody", "/run/prosody/config/conf.d/jitsi-meet.cfg.lua");
+    let prosody_jwt = rendered(
+        "auth",
+        "shard-1",
+        "shard-1-prosody-prosody",
+        "/run/prosody/config/conf.d/jitsi-meet.cfg.lua",
+    );
     let main_jwt = prosody_block(&prosody_jwt, "VirtualHost", "meet.jitsi");
     for wanted in ["authentication = \"token\"", "allow_empty_token = false"] {
         assert!(main_jwt.iter().any(|l| l == wanted), "{wanted}: {main_jwt:?}");
     }
-    assert!(main_jwt.iter().any(|l| l.starts_with("app_id = \"") && l != "app_id = \"\""), "{main_jwt:?}");
-    assert!(main_jwt.iter().any(|l| l.starts_with("app_secret = \"") && l != "app_secret = \"\""), "{main_jwt:?}");
-    assert!(prosody_jwt.contains("asap_accepted_issuers = { \"my-portal\" }"), "{prosody_jwt}");
-    assert!(prosody_jwt.contains("asap_accepted_audiences = { \"jitsi\" }"), "{prosody_jwt}");
+    assert!(
+        main_jwt
+            .iter()
+            .any(|l| l.starts_with("app_id = \"") && l != "app_id = \"\""),
+        "{main_jwt:?}"
+    );
+    assert!(
+        main_jwt
+            .iter()
+            .any(|l| l.starts_with("app_secret = \"") && l != "app_secret = \"\""),
+        "{main_jwt:?}"
+    );
+    assert!(
+        prosody_jwt.contains("asap_accepted_issuers = { \"my-portal\" }"),
+        "{prosody_jwt}"
+    );
+    assert!(
+        prosody_jwt.contains("asap_accepted_audiences = { \"jitsi\" }"),
+        "{prosody_jwt}"
+    );
     let muc_jwt = prosody_block(&prosody_jwt, "Component", "muc.meet.jitsi");
-    assert!(muc_jwt.iter().any(|l| l == "\"token_verification\";"), "{muc_jwt:?}");
-    let jicofo_jwt = rendered("auth", "shard-1", "shard-1-jicofo-jicofo", "/run/jicofo/config/jicofo.conf");
+    assert!(
+        muc_jwt.iter().any(|l| l == "\"token_verification\";"),
+        "{muc_jwt:?}"
+    );
+    let jicofo_jwt = rendered(
+        "auth",
+        "shard-1",
+        "shard-1-jicofo-jicofo",
+        "/run/jicofo/config/jicofo.conf",
+    );
     assert!(jicofo_jwt.contains("type = JWT"), "{jicofo_jwt}");
 
     // The rendered internal authentication in the real Prosody (Debian's 13, what the image runs), on
@@ -462,35 +522,63 @@ fn the_auth_components_set_what_the_images_read_and_prosody_enforces_it() {
         ..ProsodyOptions::default()
     });
     // Accounts as docs/deploying.md creates them (and as the image creates Jicofo's).
-    for (jid, password) in [("alice@meet.jitsi", "correct horse"), ("focus@auth.meet.jitsi", "focus-secret")] {
+    for (jid, password) in [
+        ("alice@meet.jitsi", "correct horse"),
+        ("focus@auth.meet.jitsi", "focus-secret"),
+    ] {
         let (ok, said) = server.prosodyctl(&["shell", "user", "create", jid, password]);
         assert!(ok, "prosodyctl shell user create {jid}: {said}");
     }
     let room = "standup@muc.meet.jitsi";
     let alice = Credentials::Password("correct horse");
     let (ok, said) = login(&server, "alice@meet.jitsi", alice, None);
-    assert!(ok && said.starts_with("authenticated alice@meet.jitsi/"), "{said}");
+    assert!(
+        ok && said.starts_with("authenticated alice@meet.jitsi/"),
+        "{said}"
+    );
     let (ok, said) = login(&server, "alice@meet.jitsi", Credentials::Password("wrong"), None);
     assert!(!ok && said.starts_with("auth-failed"), "a wrong password: {said}");
     let (ok, said) = login(&server, "meet.jitsi", Credentials::Anonymous, None);
-    assert!(!ok && said.starts_with("auth-failed"), "anonymous where accounts are required: {said}");
+    assert!(
+        !ok && said.starts_with("auth-failed"),
+        "anonymous where accounts are required: {said}"
+    );
     // Only Jicofo's account creates rooms (restrict_room_creation: admins only).
     let (ok, said) = login(&server, "alice@meet.jitsi", alice, Some(room));
-    assert!(!ok && said.contains("join-refused not-allowed"), "a member created a room: {said}");
+    assert!(
+        !ok && said.contains("join-refused not-allowed"),
+        "a member created a room: {said}"
+    );
     let (ok, said) = login(&server, "guest.meet.jitsi", Credentials::Anonymous, Some(room));
-    assert!(!ok && said.contains("join-refused not-allowed"), "a guest created a room: {said}");
-    let focus = InRoom::join(&server, "focus@auth.meet.jitsi", Credentials::Password("focus-secret"), room);
+    assert!(
+        !ok && said.contains("join-refused not-allowed"),
+        "a guest created a room: {said}"
+    );
+    let focus = InRoom::join(
+        &server,
+        "focus@auth.meet.jitsi",
+        Credentials::Password("focus-secret"),
+        room,
+    );
     let (ok, said) = login(&server, "alice@meet.jitsi", alice, Some(room));
     assert!(ok && said.contains(&format!("joined {room}")), "{said}");
     let (ok, said) = login(&server, "guest.meet.jitsi", Credentials::Anonymous, Some(room));
-    assert!(ok && said.contains(&format!("joined {room}")), "a guest joining a member's room: {said}");
+    assert!(
+        ok && said.contains(&format!("joined {room}")),
+        "a guest joining a member's room: {said}"
+    );
     drop(focus);
     // Removing an account, as docs/deploying.md does it.
     let (ok, said) = server.prosodyctl(&["shell", "user", "create", "bob@meet.jitsi", "temporary"]);
     assert!(ok, "{said}");
     let (ok, said) = server.prosodyctl(&["shell", "user", "delete", "bob@meet.jitsi"]);
     assert!(ok, "prosodyctl shell user delete: {said}");
-    let (ok, said) = login(&server, "bob@meet.jitsi", Credentials::Password("temporary"), None);
+    let (ok, said) = login(
+        &server,
+        "bob@meet.jitsi",
+        Credentials::Password("temporary"),
+        None,
+    );
     assert!(!ok, "a deleted account logged in: {said}");
     // The accounts are in Prosody's data folder (the PersistentVolumeClaim of auth-internal): a restart
     // keeps them.
@@ -510,7 +598,12 @@ fn the_ldap_component_sets_what_the_images_read() {
     let reports = contract(&objects, "ldap");
     std::fs::remove_dir_all(&copy).unwrap();
     assert_kept(&reports, "dev with auth-ldap");
-    let saslauthd = rendered("ldap", "shard-0", "shard-0-prosody-prosody", "/run/saslauthd.conf");
+    let saslauthd = rendered(
+        "ldap",
+        "shard-0",
+        "shard-0-prosody-prosody",
+        "/run/saslauthd.conf",
+    );
     for wanted in [
         "ldap_servers: ldaps://ldap.example.org",
         "ldap_search_base: ou=people,dc=example,dc=org",
@@ -520,8 +613,17 @@ fn the_ldap_component_sets_what_the_images_read() {
         assert!(saslauthd.contains(wanted), "{wanted}:\n{saslauthd}");
     }
     assert!(saslauthd.contains("ldap_bind_pw: "), "{saslauthd}");
-    let prosody = rendered("ldap", "shard-0", "shard-0-prosody-prosody", "/run/prosody/config/conf.d/jitsi-meet.cfg.lua");
+    let prosody = rendered(
+        "ldap",
+        "shard-0",
+        "shard-0-prosody-prosody",
+        "/run/prosody/config/conf.d/jitsi-meet.cfg.lua",
+    );
     let main = prosody_block(&prosody, "VirtualHost", "meet.jitsi");
-    assert_eq!(settings_of(&main, &["authentication"]), ["authentication = \"cyrus\""], "{main:?}");
+    assert_eq!(
+        settings_of(&main, &["authentication"]),
+        ["authentication = \"cyrus\""],
+        "{main:?}"
+    );
     assert!(main.iter().any(|l| l == "\"auth_cyrus\";"), "{main:?}");
 }

@@ -57,7 +57,11 @@ impl Auth {
                 .collect::<String>()
         };
         let quoted = |names: &[String]| {
-            names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join("; ")
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         };
         let mut config = format!(
             "admins = {{ {} }}\n\nVirtualHost \"{}\"\n{}  modules_enabled = {{ \"muc_census\" }}\n\n",
@@ -274,7 +278,13 @@ allow_unencrypted_plain_auth = true
         let config = self.dir.join("prosody.cfg.lua");
         let mut command = if is_root() {
             let mut command = Command::new("setpriv");
-            command.args(["--reuid=prosody", "--regid=prosody", "--clear-groups", "--", "prosodyctl"]);
+            command.args([
+                "--reuid=prosody",
+                "--regid=prosody",
+                "--clear-groups",
+                "--",
+                "prosodyctl",
+            ]);
             command
         } else {
             Command::new("prosodyctl")
@@ -434,7 +444,10 @@ pub enum Credentials<'a> {
 pub fn login(prosody: &Prosody, jid: &str, credentials: Credentials, room: Option<&str>) -> (bool, String) {
     let mut command = login_command(prosody, jid, credentials, room);
     let output = command.stdin(Stdio::null()).output().expect("running login.py");
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+    )
 }
 
 /// A client logged in and sitting in `room` until dropped (a room lives while someone is in it).
@@ -477,9 +490,12 @@ impl Drop for InRoom {
 
 fn login_command(prosody: &Prosody, jid: &str, credentials: Credentials, room: Option<&str>) -> Command {
     let mut command = Command::new(xmpp_python());
-    command
-        .arg(repo_root().join("testbed/xmpp/login.py"))
-        .args(["--port", &prosody.c2s_port.to_string(), "--jid", jid]);
+    command.arg(repo_root().join("testbed/xmpp/login.py")).args([
+        "--port",
+        &prosody.c2s_port.to_string(),
+        "--jid",
+        jid,
+    ]);
     match credentials {
         Credentials::Password(password) => command.args(["--password", password]),
         Credentials::Anonymous => command.arg("--anonymous"),

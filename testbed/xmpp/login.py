@@ -29,6 +29,9 @@ class Client(slixmpp.ClientXMPP):
         self.enable_starttls = False
         self.enable_direct_tls = False
         self.enable_plaintext = True
+        # ... so SASL runs unencrypted too: SCRAM (what Prosody's internal_hashed offers first) and PLAIN.
+        self.plugin["feature_mechanisms"].unencrypted_scram = True
+        self.plugin["feature_mechanisms"].unencrypted_plain = True
         self.register_plugin("xep_0045")
         self.outcome = asyncio.get_event_loop().create_future()
         self.add_event_handler("session_start", self._started)
@@ -52,10 +55,11 @@ async def main() -> int:
     parser.add_argument("--password", default="")
     parser.add_argument("--anonymous", action="store_true")
     parser.add_argument("--room")
-    parser.add_argument("--nick", default="probe")
+    parser.add_argument("--nick", help="default: unique per client")
     parser.add_argument("--hold", action="store_true")
     args = parser.parse_args()
 
+    nick = args.nick or f"{args.jid.split('@')[0]}-{os.getpid()}"
     client = Client(args.jid, "" if args.anonymous else args.password)
     client.connect(args.host, args.port)
     try:
@@ -67,15 +71,32 @@ async def main() -> int:
     print(f"authenticated {bound}", flush=True)
     code = 0
     if args.room:
-        try:
-            await client.plugin["xep_0045"].join_muc_wait(args.room, args.nick, maxstanzas=0, timeout=20)
-            print(f"joined {args.room}", flush=True)
-        except (PresenceError, IqError) as error:
-            print(f"join-refused {error.condition}", flush=True)
+        # The room's refusal is an error presence, which join_muc_wait does not end on: watch for it.
+        refused = asyncio.get_event_loop().create_future()
+
+        def on_error(presence) -> None:
+            if presence["from"].bare == args.room and not refused.done():
+                refused.set_result(presence["error"]["condition"])
+
+        client.add_event_handler("presence_error", on_error)
+        join = asyncio.ensure_future(
+            client.plugin["xep_0045"].join_muc_wait(args.room, nick, maxstanzas=0, timeout=20)
+        )
+        done, _ = await asyncio.wait({join, refused}, return_when=asyncio.FIRST_COMPLETED)
+        if refused in done:
+            join.cancel()
+            print(f"join-refused {refused.result()}", flush=True)
             code = 1
-        except asyncio.TimeoutError:
-            print("join-refused timeout", flush=True)
-            code = 1
+        else:
+            try:
+                join.result()
+                print(f"joined {args.room}", flush=True)
+            except (PresenceError, IqError) as error:
+                print(f"join-refused {error.condition}", flush=True)
+                code = 1
+            except asyncio.TimeoutError:
+                print("join-refused timeout", flush=True)
+                code = 1
     if args.hold and code == 0:
         print("holding", flush=True)
         await asyncio.get_event_loop().run_in_executor(None, sys.stdin.read)

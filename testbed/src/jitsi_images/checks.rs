@@ -242,22 +242,26 @@ fn find_file(dir: &Path, name: &str, depth: usize) -> Option<std::path::PathBuf>
 }
 
 /// Every variable the image reads, in templates, scripts, the program's launch script and s6-overlay's
-/// preinit; and which of them it reads as integers (bash) or booleans (`toBool`).
+/// preinit; and which of them it reads as integers (bash) or booleans (`toBool`), and which it also
+/// writes out as they are (a `toBool` on those asks whether they are set).
 struct Reads {
     all: BTreeSet<String>,
     integers: BTreeSet<String>,
     booleans: BTreeSet<String>,
+    values: BTreeSet<String>,
 }
 
 fn reads(image: &Image, sources: &Sources, launch: Option<&str>) -> Reads {
     let mut all = BTreeSet::new();
     let mut integers = BTreeSet::new();
     let mut booleans = BTreeSet::new();
+    let mut values = BTreeSet::new();
     for (path, _) in image.files_under("/") {
         let Some(text) = image.file(path) else { continue };
         if path.starts_with("/defaults/") {
             all.extend(readers::template_variables(&text));
             booleans.extend(readers::template_booleans(&text));
+            values.extend(readers::template_values(&text));
         } else if ["/etc/s6-overlay/", "/usr/local/bin/", "/usr/bin/", "/opt/"]
             .iter()
             .any(|p| path.starts_with(p))
@@ -278,6 +282,7 @@ fn reads(image: &Image, sources: &Sources, launch: Option<&str>) -> Reads {
         all,
         integers,
         booleans,
+        values,
     }
 }
 
@@ -693,7 +698,14 @@ fn check_container(workload: &Value, run: &Run, sources: &Sources, report: &mut 
                 format!("{name}={value:?}: the image's scripts compare it as a number (`-eq`/`-ne`), where {value:?} counts as 0; use 1 or 0"),
             );
         }
-        if reads.booleans.contains(name) && !readers::is_go_bool(value) {
+        if reads.booleans.contains(name) && reads.values.contains(name) {
+            if readers::is_go_false(value) {
+                report.finding(
+                    &subject,
+                    format!("{name}={value:?}: the image's templates test it with toBool and leave it out when it reads as false"),
+                );
+            }
+        } else if reads.booleans.contains(name) && !readers::is_go_bool(value) {
             report.finding(
                 &subject,
                 format!("{name}={value:?}: the image's templates read it with toBool, which takes only 1/0, true/false, t/f ({value:?} means true)"),

@@ -51,6 +51,29 @@ pub fn template_booleans(text: &str) -> BTreeSet<String> {
     found
 }
 
+/// Variables a template writes out as they are (`{{ .Env.NAME }}`): a `toBool` on such a variable tests
+/// whether it is set (`JWT_APP_SECRET`: the secret itself goes into the configuration), so any value but
+/// one that reads as false is meant.
+pub fn template_values(text: &str) -> BTreeSet<String> {
+    text.split("{{")
+        .skip(1)
+        .filter_map(|action| action.split("}}").next())
+        .filter_map(|action| {
+            let action = action.trim().trim_matches('-').trim();
+            action
+                .strip_prefix(".Env.")
+                .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `toBool` reads `value` as false: an empty value, or one of Go's false spellings.
+pub fn is_go_false(value: &str) -> bool {
+    let value = value.replace(['"', '\''], "");
+    matches!(value.as_str(), "" | "0" | "f" | "F" | "FALSE" | "false" | "False")
+}
+
 /// `$NAME` and `${NAME…}` in a shell script.
 pub fn script_variables(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
@@ -115,6 +138,18 @@ mod tests {
         assert!(booleans.contains("DISABLE_HTTPS"));
         assert!(booleans.contains("JICOFO_ENABLE_AUTH"));
         assert!(!booleans.contains("XMPP_DOMAIN"));
+    }
+
+    #[test]
+    fn values_written_out_as_they_are() {
+        let text = r#"{{ $S := .Env.JWT_APP_SECRET | default "false" | toBool -}}
+app_secret = "{{ .Env.JWT_APP_SECRET }}"
+{{- .Env.XMPP_DOMAIN -}} {{ if .Env.ENABLE_X | toBool }}{{ end }}"#;
+        let values = template_values(text);
+        assert!(values.contains("JWT_APP_SECRET"));
+        assert!(values.contains("XMPP_DOMAIN"));
+        assert!(!values.contains("ENABLE_X"));
+        assert!(is_go_false("0") && is_go_false("") && !is_go_false("s3cret"));
     }
 
     #[test]
