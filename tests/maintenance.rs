@@ -69,14 +69,7 @@ async fn a_serving_bridge_refuses_eviction_a_broken_one_and_the_rest_of_the_shar
         .sum();
     deploy(&namespace, &objects, expected).await;
     // A second bridge, as the autoscaler would add it.
-    let sets: Api<StatefulSet> = namespace.api();
-    sets.patch(
-        "shard-0-jvb",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "replicas": 2 } })),
-    )
-    .await
-    .unwrap();
+    namespace.scale_statefulset("shard-0-jvb", 2).await;
     let pods = running_pods(&namespace, expected + 1).await;
     let api: Api<Pod> = namespace.api();
     let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = namespace.api();
@@ -225,24 +218,8 @@ async fn a_change_to_one_shard_restarts_only_that_shards_pods_of_that_component(
     manifests::deploy_copy(&copy, &namespace.name);
     // 2 shards × (web, jicofo, prosody, 2 bridges from the ScaledObject's minimum) + 2 HAProxy + 2 controllers.
     let expected = 2 * 5 + 2 + 2;
-    let bridges_up = || async {
-        let sets: Api<StatefulSet> = namespace.api();
-        sets.patch(
-            "shard-0-jvb",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "replicas": 2 } })),
-        )
-        .await
-        .ok();
-        sets.patch(
-            "shard-1-jvb",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "replicas": 2 } })),
-        )
-        .await
-        .ok();
-    };
-    bridges_up().await;
+    namespace.scale_statefulset("shard-0-jvb", 2).await;
+    namespace.scale_statefulset("shard-1-jvb", 2).await;
     running_pods(&namespace, expected).await;
     let before = uids(&namespace).await;
 

@@ -36,7 +36,7 @@ use testbed::haproxy::{Replica, RoomTraffic, ShardWeb, render_dir, sample_sum, s
 use testbed::manifests::{self, edit, kubectl, reapply};
 use testbed::prosody::{Occupants, Prosody, ProsodyOptions};
 use testbed::service_per_pod::start_controller;
-use testbed::{Cluster, TestNamespace, eventually, free_tcp_port};
+use testbed::{Cluster, eventually, free_tcp_port};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// Keeps a bridge pod Terminating while its preStop hook runs, as the kubelet does.
@@ -206,17 +206,6 @@ async fn calls_up(bridges: &Bridges, shard: &str, count: usize) {
     .await;
 }
 
-async fn set_bridges(namespace: &TestNamespace, set: &str, replicas: i32) {
-    let sets: Api<StatefulSet> = namespace.api();
-    sets.patch(
-        set,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
-    )
-    .await
-    .unwrap();
-}
-
 /// The shard a room's request lands on, through `replica`.
 async fn shard_of(client: &reqwest::Client, replica: &Replica, room: &str) -> String {
     let url = format!("http://{}/xmpp-websocket?room={room}", replica.http);
@@ -354,8 +343,8 @@ async fn upgrade(prefix: &str, drain_a_node: bool) {
         calls.clone(),
     ));
     // The autoscaler's minimum (KEDA, when the cluster runs it, agrees).
-    set_bridges(&namespace, "shard-0-jvb", 2).await;
-    set_bridges(&namespace, "shard-1-jvb", 2).await;
+    namespace.scale_statefulset("shard-0-jvb", 2).await;
+    namespace.scale_statefulset("shard-1-jvb", 2).await;
     calls_up(&bridges, "shard-0", 2).await;
     calls_up(&bridges, "shard-1", 2).await;
 
@@ -423,7 +412,7 @@ async fn upgrade(prefix: &str, drain_a_node: bool) {
     .unwrap();
     edit(&root, "  - shard-1\n", "  - shard-1\n  - shard-2\n");
     reapply(&copy, &namespace.name);
-    set_bridges(&namespace, "shard-2-jvb", 2).await;
+    namespace.scale_statefulset("shard-2-jvb", 2).await;
     let web_2 = ShardWeb::start(2, 0, web_port).await;
     dns.serve(&[&webs[0], &webs[1], &web_2]);
     calls_up(&bridges, "shard-2", 2).await;

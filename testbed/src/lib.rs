@@ -344,6 +344,18 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
+    /// Sets a StatefulSet's `spec.replicas`, as an autoscaler (or an operator) would.
+    pub async fn scale_statefulset(&self, name: &str, replicas: i32) {
+        let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = self.api();
+        sets.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("scaling {name} in {} to {replicas}: {e}", self.name));
+    }
+
     /// Deletes the namespace (and with it everything the test made). Call at the end of a passing test;
     /// a failing test leaves its namespace for inspection.
     pub async fn delete(self) {

@@ -195,27 +195,7 @@ allow_unencrypted_plain_auth = true
 
     fn spawn(&mut self) {
         let config_path = self.dir.join("prosody.cfg.lua");
-        // Prosody run as root breaks modules: run it as its own user (setpriv execs, so the child is
-        // Prosody itself and killing it stops Prosody).
-        let mut command = if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "prosody:"])
-                .arg(&self.dir)
-                .status()
-                .expect("chown");
-            assert!(status.success(), "chown of {} failed", self.dir.display());
-            let mut command = Command::new("setpriv");
-            command.args([
-                "--reuid=prosody",
-                "--regid=prosody",
-                "--clear-groups",
-                "--",
-                "prosody",
-            ]);
-            command
-        } else {
-            Command::new("prosody")
-        };
+        let mut command = self.as_prosody_user("prosody");
         let log = std::fs::File::create(self.dir.join("stdout.log")).expect("log file");
         let child = command
             .args(["-F", "--config"])
@@ -276,19 +256,7 @@ allow_unencrypted_plain_auth = true
     /// succeeded, and what it said.
     pub fn prosodyctl(&self, args: &[&str]) -> (bool, String) {
         let config = self.dir.join("prosody.cfg.lua");
-        let mut command = if is_root() {
-            let mut command = Command::new("setpriv");
-            command.args([
-                "--reuid=prosody",
-                "--regid=prosody",
-                "--clear-groups",
-                "--",
-                "prosodyctl",
-            ]);
-            command
-        } else {
-            Command::new("prosodyctl")
-        };
+        let mut command = self.as_prosody_user("prosodyctl");
         let output = command
             .arg("--config")
             .arg(&config)
@@ -304,6 +272,30 @@ allow_unencrypted_plain_auth = true
                 String::from_utf8_lossy(&output.stderr)
             ),
         )
+    }
+
+    /// `program` (`prosody`, `prosodyctl`) as Prosody's own user when we are root: Prosody run as root
+    /// breaks modules, and its files must stay its own (setpriv execs, so the child is the program itself
+    /// and killing it stops it).
+    fn as_prosody_user(&self, program: &str) -> Command {
+        if !is_root() {
+            return Command::new(program);
+        }
+        let status = Command::new("chown")
+            .args(["-R", "prosody:"])
+            .arg(&self.dir)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown of {} failed", self.dir.display());
+        let mut command = Command::new("setpriv");
+        command.args([
+            "--reuid=prosody",
+            "--regid=prosody",
+            "--clear-groups",
+            "--",
+            program,
+        ]);
+        command
     }
 
     /// Kills Prosody at once, as a crash would.
