@@ -625,7 +625,11 @@ async fn upgrade(prefix: &str, drain_a_node: bool) {
         .iter()
         .filter(|(n, _, _)| n.contains("(shard-0,"))
         .count();
-    assert_eq!(shard_0_ended, 2, "shard-0's two bridges drained and went");
+    // Two, or three when the node drained in the middle held one of them (it came back, then went).
+    assert!(
+        (2..=3).contains(&shard_0_ended),
+        "shard-0's bridges drained and went: {shard_0_ended}"
+    );
     if drain_a_node {
         assert!(
             calls
