@@ -295,26 +295,24 @@ async fn two_shards_never_answer_for_each_other() {
     fx.namespace.delete().await;
 }
 
-/// `LoadBalancer` mode on real packets: the cloud is stood in for by an address the client routes to the
-/// first node, set as the Service's load balancer ingress (kube-proxy programs it like a cloud's). Each
-/// bridge answers on `LB:base+i` whichever node it runs on; a draining one too; a gone one not.
-#[tokio::test]
-async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
-    dataplane::require();
-    let fx = Fixture::start("dataplane-lb").await;
-    let base = fx.namespace.node_port_block().await;
+/// `count` bridges of StatefulSet `jvb` in `LoadBalancer` mode (plus `extra` annotations) behind the
+/// stood-in load balancer address `load_balancer`, each answering on `base + ordinal` in its own pod.
+async fn bridges_behind(
+    fx: &Fixture,
+    count: i32,
+    base: u16,
+    extra: &[(&str, &str)],
+    load_balancer: Ipv4Addr,
+) -> (dataplane::ClientRoute, BTreeMap<String, PodNet>) {
     let base_text = base.to_string();
-    fx.create(&statefulset_annotating_pods(
-        "jvb",
-        3,
-        &[
-            (BASE_PORT, &base_text),
-            ("service-per-pod/expose", "LoadBalancer"),
-        ],
-    ))
-    .await;
+    let mut annotations = vec![
+        (BASE_PORT, base_text.as_str()),
+        ("service-per-pod/expose", "LoadBalancer"),
+    ];
+    annotations.extend_from_slice(extra);
+    fx.create(&statefulset_annotating_pods("jvb", count, &annotations))
+        .await;
     fx.wait_for_services(&["jvb-public"], 60 * SECOND).await;
-    let load_balancer = Ipv4Addr::new(10, 250, 1, 10);
     let ingress =
         json!({ "status": { "loadBalancer": { "ingress": [{ "ip": load_balancer.to_string() }] } } });
     fx.services()
@@ -323,7 +321,7 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
         .unwrap();
     let route = dataplane::ClientRoute::to_first_node(load_balancer);
     let pods_api: Api<Pod> = fx.namespace.api();
-    let pods = running_pods(&pods_api, "jvb", 3).await;
+    let pods = running_pods(&pods_api, "jvb", usize::try_from(count).unwrap()).await;
     let mut nets: BTreeMap<String, PodNet> = BTreeMap::new();
     for (name, pod) in &pods {
         let ordinal: u16 = name.rsplit('-').next().unwrap().parse().unwrap();
@@ -331,6 +329,19 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
         net.serve_udp(base + ordinal);
         nets.insert(name.clone(), net);
     }
+    (route, nets)
+}
+
+/// `LoadBalancer` mode on real packets: the cloud is stood in for by an address the client routes to the
+/// first node, set as the Service's load balancer ingress (kube-proxy programs it like a cloud's). Each
+/// bridge answers on `LB:base+i` whichever node it runs on; a draining one too; a gone one not.
+#[tokio::test]
+async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
+    dataplane::require();
+    let fx = Fixture::start("dataplane-lb").await;
+    let base = fx.namespace.node_port_block().await;
+    let load_balancer = Ipv4Addr::new(10, 250, 1, 10);
+    let (route, mut nets) = bridges_behind(&fx, 3, base, &[], load_balancer).await;
     for (name, net) in &nets {
         let ordinal: u16 = name.rsplit('-').next().unwrap().parse().unwrap();
         let took = answers(load_balancer, base + ordinal, Some(name), 15 * SECOND).await;
@@ -355,6 +366,43 @@ async fn one_load_balancer_address_reaches_each_bridge_on_its_own_port() {
     fx.namespace.delete().await;
 }
 
+/// `LoadBalancer` mode without node ports (`service-per-pod/node-ports: "false"`), as for a load balancer
+/// that sends to pod IPs: ports above the node-port range, each reaching its own bridge through the
+/// stood-in load balancer address — and no node port answering for them.
+#[tokio::test]
+async fn without_node_ports_ports_above_the_node_port_range_reach_each_bridge() {
+    dataplane::require();
+    let fx = Fixture::start("dataplane-lb-direct").await;
+    let base: u16 = 41000;
+    let load_balancer = Ipv4Addr::new(10, 250, 1, 12);
+    let no_node_ports = [("service-per-pod/node-ports", "false")];
+    let (route, nets) = bridges_behind(&fx, 3, base, &no_node_ports, load_balancer).await;
+    let service = fx.services().get("jvb-public").await.unwrap();
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(spec.allocate_load_balancer_node_ports, Some(false));
+    assert!(spec.ports.iter().flatten().all(|port| port.node_port.is_none()));
+    for (name, net) in &nets {
+        let ordinal: u16 = name.rsplit('-').next().unwrap().parse().unwrap();
+        let took = answers(load_balancer, base + ordinal, Some(name), 15 * SECOND).await;
+        println!(
+            "{name} (on {}): {load_balancer}:{} answered by it ({took:?}); no node port",
+            net.node,
+            base + ordinal
+        );
+        for node in node_names() {
+            assert_eq!(
+                probe(node_ip(node), base + ordinal),
+                None,
+                "{node}:{} answered",
+                base + ordinal
+            );
+        }
+    }
+    drop(nets);
+    drop(route);
+    fx.namespace.delete().await;
+}
+
 /// A bridge whose probes fail for a while (NotReady, not terminating) in `LoadBalancer` mode: its slice
 /// keeps it ready and serving, so kube-proxy keeps its port and its calls — as NodePort mode's
 /// `publishNotReadyAddresses` does. (Before, the slice followed the Ready condition: kube-proxy rejected
@@ -364,34 +412,9 @@ async fn a_not_ready_bridge_behind_the_load_balancer_keeps_answering() {
     dataplane::require();
     let fx = Fixture::start("dataplane-lb-notready").await;
     let base = fx.namespace.node_port_block().await;
-    let base_text = base.to_string();
-    fx.create(&statefulset_annotating_pods(
-        "jvb",
-        2,
-        &[
-            (BASE_PORT, &base_text),
-            ("service-per-pod/expose", "LoadBalancer"),
-        ],
-    ))
-    .await;
-    fx.wait_for_services(&["jvb-public"], 60 * SECOND).await;
     let load_balancer = Ipv4Addr::new(10, 250, 1, 11);
-    let ingress =
-        json!({ "status": { "loadBalancer": { "ingress": [{ "ip": load_balancer.to_string() }] } } });
-    fx.services()
-        .patch_status("jvb-public", &PatchParams::default(), &Patch::Merge(ingress))
-        .await
-        .unwrap();
-    let route = dataplane::ClientRoute::to_first_node(load_balancer);
+    let (route, nets) = bridges_behind(&fx, 2, base, &[], load_balancer).await;
     let pods_api: Api<Pod> = fx.namespace.api();
-    let pods = running_pods(&pods_api, "jvb", 2).await;
-    let mut nets = Vec::new();
-    for (name, pod) in &pods {
-        let ordinal: u16 = name.rsplit('-').next().unwrap().parse().unwrap();
-        let mut net = PodNet::attach(pod);
-        net.serve_udp(base + ordinal);
-        nets.push(net);
-    }
     let port = base + 1;
     answers(load_balancer, port, Some("jvb-1"), 15 * SECOND).await;
     // Its readiness probe fails: the kubelet marks it NotReady (the pod's status, as the kubelet writes it).

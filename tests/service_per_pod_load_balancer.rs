@@ -312,3 +312,220 @@ async fn a_load_balancer_statefulset_respects_ports_held_in_node_port_mode() {
     .await;
     fx.namespace.delete().await;
 }
+
+const CARRIED: &str = "service-per-pod/public-service-annotations";
+const CLASS: &str = "service-per-pod/load-balancer-class";
+
+/// The Service's annotations, class and load balancer status, as the test compares them.
+async fn cloud_view(fx: &Fixture) -> (BTreeMap<String, String>, Option<String>, Value) {
+    let service = fx.services().get("jvb-public").await.unwrap();
+    (
+        service.metadata.annotations.clone().unwrap_or_default(),
+        service.spec.as_ref().unwrap().load_balancer_class.clone(),
+        serde_json::to_value(service.status.as_ref().and_then(|s| s.load_balancer.as_ref())).unwrap(),
+    )
+}
+
+/// A cloud needs its annotations and `loadBalancerClass` on the public Service (EKS: the AWS Load Balancer
+/// Controller's NLB). Carried from the StatefulSet, kept through the controller's repairs; what the cloud
+/// writes there itself (its own annotation, the status) is never touched; an annotation the operator drops
+/// goes; a class cannot change on an existing Service: kept, with an Event.
+#[tokio::test]
+async fn the_clouds_annotations_and_class_are_carried_kept_across_repairs_and_never_fought_over() {
+    let fx = Fixture::start("spp-lb-cloud").await;
+    let base = fx.namespace.node_port_block().await;
+    let base_text = base.to_string();
+    let carried = json!({
+        "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
+    })
+    .to_string();
+    let mut annotations = load_balanced(&base_text).to_vec();
+    annotations.extend([(CARRIED, carried.as_str()), (CLASS, "service.k8s.aws/nlb")]);
+    fx.create(&statefulset_annotating_pods("jvb", 2, &annotations))
+        .await;
+    expect(&fx, i32::from(base), &[0, 1], &BTreeMap::new()).await;
+    let (found, class, _) = cloud_view(&fx).await;
+    assert_eq!(
+        found["service.beta.kubernetes.io/aws-load-balancer-type"],
+        "external"
+    );
+    assert_eq!(
+        found["service.beta.kubernetes.io/aws-load-balancer-scheme"],
+        "internet-facing"
+    );
+    assert_eq!(class.as_deref(), Some("service.k8s.aws/nlb"));
+
+    // The cloud's controller at work: an annotation of its own, and the address.
+    let cloud = json!({ "metadata": { "annotations": { "cloud.example/load-balancer-id": "lb-0123" } } });
+    fx.services()
+        .patch("jvb-public", &PatchParams::default(), &Patch::Merge(cloud))
+        .await
+        .unwrap();
+    let address = json!({ "status": { "loadBalancer": { "ingress": [{ "hostname": "k8s-jitsi-0123.elb.example" }] } } });
+    fx.services()
+        .patch_status("jvb-public", &PatchParams::default(), &Patch::Merge(address))
+        .await
+        .unwrap();
+    // Repairs: a bridge more (its port patched in), and an operator's hand edit of a carried annotation.
+    fx.scale("jvb", 3).await;
+    expect(&fx, i32::from(base), &[0, 1, 2], &BTreeMap::new()).await;
+    let edit = json!({ "metadata": { "annotations": { "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal" } } });
+    fx.services()
+        .patch("jvb-public", &PatchParams::default(), &Patch::Merge(edit))
+        .await
+        .unwrap();
+    let (found, class, status) = eventually("the carried annotation restored", 30 * SECOND, || async {
+        let view = cloud_view(&fx).await;
+        (view.0["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internet-facing").then_some(view)
+    })
+    .await;
+    assert_eq!(
+        found["cloud.example/load-balancer-id"], "lb-0123",
+        "the cloud's own annotation kept"
+    );
+    assert_eq!(class.as_deref(), Some("service.k8s.aws/nlb"));
+    assert_eq!(status["ingress"][0]["hostname"], "k8s-jitsi-0123.elb.example");
+    // Not fought over: nothing is written while nothing changes.
+    tokio::time::sleep(2 * SECOND).await;
+    let writes = service_writes(&fx.controller).await;
+    tokio::time::sleep(3 * SECOND).await;
+    assert_eq!(
+        service_writes(&fx.controller).await,
+        writes,
+        "no writes at steady state"
+    );
+
+    // The operator drops one carried annotation: it goes, nothing else does.
+    let fewer = json!({ "service.beta.kubernetes.io/aws-load-balancer-type": "external" }).to_string();
+    let patch = json!({ "metadata": { "annotations": { CARRIED: fewer } } });
+    fx.sets()
+        .patch("jvb", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let found = eventually("the dropped annotation removed", 30 * SECOND, || async {
+        let view = cloud_view(&fx).await;
+        (!view
+            .0
+            .contains_key("service.beta.kubernetes.io/aws-load-balancer-scheme"))
+        .then_some(view.0)
+    })
+    .await;
+    assert_eq!(
+        found["service.beta.kubernetes.io/aws-load-balancer-type"],
+        "external"
+    );
+    assert_eq!(found["cloud.example/load-balancer-id"], "lb-0123");
+
+    // Another class: the API server would refuse it; the Service keeps its own, and an Event says so.
+    let reclass = json!({ "metadata": { "annotations": { CLASS: "example.com/other-lb" } } });
+    fx.sets()
+        .patch("jvb", &PatchParams::default(), &Patch::Merge(reclass))
+        .await
+        .unwrap();
+    let message = fx.wait_for_warning("jvb", "LoadBalancerClassKept").await;
+    println!("Event LoadBalancerClassKept: {message}");
+    assert!(
+        message.contains("keeps loadBalancerClass service.k8s.aws/nlb"),
+        "{message}"
+    );
+    fx.scale("jvb", 4).await;
+    expect(&fx, i32::from(base), &[0, 1, 2, 3], &BTreeMap::new()).await;
+    assert_eq!(cloud_view(&fx).await.1.as_deref(), Some("service.k8s.aws/nlb"));
+
+    // Malformed: one Event, the Service as it was.
+    let before = fx.services().get("jvb-public").await.unwrap();
+    let broken = json!({ "metadata": { "annotations": { CARRIED: "{not json" } } });
+    fx.sets()
+        .patch("jvb", &PatchParams::default(), &Patch::Merge(broken))
+        .await
+        .unwrap();
+    let message = fx.wait_for_warning("jvb", "InvalidAnnotation").await;
+    assert!(message.contains(CARRIED), "{message}");
+    tokio::time::sleep(SECOND).await;
+    let after = fx.services().get("jvb-public").await.unwrap();
+    assert_eq!(after.resource_version(), before.resource_version());
+    fx.namespace.delete().await;
+}
+
+/// `service-per-pod/node-ports: "false"`: for load balancers that send to pod IPs, the Service takes no
+/// node port (`allocateLoadBalancerNodePorts: false`), so its ports may lie above the node-port range;
+/// grants still bound them. Switching an existing Service over gives its node ports back.
+#[tokio::test]
+async fn without_node_ports_the_ports_lie_beyond_the_node_port_range_and_grants_still_apply() {
+    let fx = Fixture::start("spp-lb-direct").await;
+    let direct = [
+        (BASE_PORT, "40000"),
+        (EXPOSE, "LoadBalancer"),
+        ("service-per-pod/node-ports", "false"),
+    ];
+    fx.create(&statefulset_annotating_pods("jvb", 3, &direct)).await;
+    let service = eventually(
+        "jvb-public with 3 ports and no node port",
+        30 * SECOND,
+        || async {
+            let service = fx.services().get_opt("jvb-public").await.ok()??;
+            let spec = service.spec.as_ref()?;
+            let ports: Vec<(i32, Option<i32>)> = spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.port, p.node_port))
+                .collect();
+            (ports == [(40000, None), (40001, None), (40002, None)]).then_some(service)
+        },
+    )
+    .await;
+    assert_eq!(
+        service.spec.as_ref().unwrap().allocate_load_balancer_node_ports,
+        Some(false)
+    );
+    let slices: Api<EndpointSlice> = fx.namespace.api();
+    let list = eventually("a slice per bridge", 30 * SECOND, || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=jvb-public"))
+            .await
+            .ok()?;
+        (list.items.len() == 3).then_some(list)
+    })
+    .await;
+    let mut slice_ports: Vec<i32> = list
+        .items
+        .iter()
+        .flat_map(|slice| slice.ports.iter().flatten().filter_map(|p| p.port))
+        .collect();
+    slice_ports.sort_unstable();
+    assert_eq!(slice_ports, [40000, 40001, 40002]);
+    fx.namespace.delete().await;
+
+    // With node ports first, then without: the node ports go back to the API server.
+    let (fx, blocks) = Fixture::start_granted("spp-lb-direct-switch", 1).await;
+    let base_text = blocks[0].to_string();
+    fx.create(&statefulset_annotating_pods("jvb", 2, &load_balanced(&base_text)))
+        .await;
+    expect(&fx, i32::from(blocks[0]), &[0, 1], &BTreeMap::new()).await;
+    let switch = json!({ "metadata": { "annotations": { "service-per-pod/node-ports": "false" } } });
+    fx.sets()
+        .patch("jvb", &PatchParams::default(), &Patch::Merge(switch))
+        .await
+        .unwrap();
+    eventually("the node ports given back", 30 * SECOND, || async {
+        let exposed = exposed(&fx, "jvb-public").await?;
+        exposed
+            .ports
+            .iter()
+            .all(|(_, _, node_port)| node_port.is_none())
+            .then_some(())
+    })
+    .await;
+    // A port beyond what the administrator granted (start_granted grants only its node-port block).
+    let beyond = [
+        (BASE_PORT, "40000"),
+        (EXPOSE, "LoadBalancer"),
+        ("service-per-pod/node-ports", "false"),
+    ];
+    fx.create(&statefulset_annotating_pods("other", 1, &beyond)).await;
+    let message = fx.wait_for_warning("other", "PortNotGranted").await;
+    assert!(message.contains("40000"), "{message}");
+    fx.namespace.delete().await;
+}

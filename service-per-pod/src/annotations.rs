@@ -14,6 +14,14 @@ pub const MAX_REPLICAS: &str = "service-per-pod/max-replicas";
 pub const EXPOSE: &str = "service-per-pod/expose";
 /// The name of the one Service in `LoadBalancer` mode (default `<statefulset>-public`).
 pub const PUBLIC_SERVICE: &str = "service-per-pod/public-service";
+/// Annotations the cloud's load balancer controller reads, carried onto the one Service of
+/// `LoadBalancer` mode: a JSON object of strings (`{"service.beta.kubernetes.io/aws-load-balancer-type": "external"}`).
+pub const PUBLIC_SERVICE_ANNOTATIONS: &str = "service-per-pod/public-service-annotations";
+/// `spec.loadBalancerClass` of the one Service (which load balancer controller serves it).
+pub const LOAD_BALANCER_CLASS: &str = "service-per-pod/load-balancer-class";
+/// `false`: the one Service gets no node ports (`allocateLoadBalancerNodePorts: false`), for load
+/// balancers that send to pod IPs directly; its ports are then not bounded by the node-port range.
+pub const NODE_PORTS: &str = "service-per-pod/node-ports";
 /// The annotation of the design we replace; means the same as [`LABEL`].
 pub const LEGACY_LABEL: &str = "service-per-pod-label";
 /// Set on every pod by the StatefulSet controller, so it selects exactly one pod.
@@ -54,9 +62,41 @@ pub enum Expose {
     /// A NodePort Service per pod, `externalTrafficPolicy: Local`.
     #[default]
     NodePort,
-    /// One LoadBalancer Service, one port per pod, each port's only endpoint its pod. The Service's
-    /// name when the annotation gives one.
-    LoadBalancer { service: Option<String> },
+    /// One LoadBalancer Service, one port per pod, each port's only endpoint its pod.
+    LoadBalancer(PublicService),
+}
+
+/// What the operator says about the one Service of `LoadBalancer` mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicService {
+    /// Its name, when the annotation gives one.
+    pub name: Option<String>,
+    /// Carried onto it, for the cloud's load balancer controller.
+    pub annotations: BTreeMap<String, String>,
+    pub class: Option<String>,
+    /// Whether its ports are also node ports (`allocateLoadBalancerNodePorts`).
+    pub node_ports: bool,
+}
+
+impl Default for PublicService {
+    fn default() -> Self {
+        Self {
+            name: None,
+            annotations: BTreeMap::new(),
+            class: None,
+            node_ports: true,
+        }
+    }
+}
+
+impl Expose {
+    /// Whether the ports are node ports (bounded by the node-port range, unique in the cluster).
+    pub fn uses_node_ports(&self) -> bool {
+        match self {
+            Expose::NodePort => true,
+            Expose::LoadBalancer(public) => public.node_ports,
+        }
+    }
 }
 
 /// A StatefulSet that asked for per-pod Services, and how.
@@ -88,6 +128,18 @@ pub enum InvalidAnnotation {
         "annotation {PUBLIC_SERVICE} is {value:?}, which is not a valid Service name (a DNS-1035 label of at most 63 characters)"
     )]
     PublicService { value: String },
+    #[error(
+        "annotation {PUBLIC_SERVICE_ANNOTATIONS} is not a JSON object of annotation names to strings ({problem})"
+    )]
+    PublicServiceAnnotations { problem: String },
+    #[error(
+        "annotation {LOAD_BALANCER_CLASS} is {value:?}, which is not a valid load balancer class (a qualified name such as service.k8s.aws/nlb)"
+    )]
+    LoadBalancerClass { value: String },
+    #[error("annotation {NODE_PORTS} is {value:?}; expected true or false")]
+    NodePorts { value: String },
+    #[error("annotation {annotation} applies only with {EXPOSE}: LoadBalancer")]
+    OnlyWithLoadBalancer { annotation: &'static str },
 }
 
 impl InvalidAnnotation {
@@ -137,12 +189,36 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<OptIn>, In
     let expose = match annotations.get(EXPOSE).map(|raw| raw.trim()) {
         None | Some("NodePort") => Expose::NodePort,
         Some("LoadBalancer") => {
-            let service = match annotations.get(PUBLIC_SERVICE) {
+            let name = match annotations.get(PUBLIC_SERVICE) {
                 None => None,
                 Some(raw) if crate::desired::is_dns1035_label(raw.trim()) => Some(raw.trim().to_owned()),
                 Some(raw) => return Err(InvalidAnnotation::PublicService { value: raw.clone() }),
             };
-            Expose::LoadBalancer { service }
+            let carried = match annotations.get(PUBLIC_SERVICE_ANNOTATIONS) {
+                None => BTreeMap::new(),
+                Some(raw) => parse_carried_annotations(raw)
+                    .map_err(|problem| InvalidAnnotation::PublicServiceAnnotations { problem })?,
+            };
+            let class = match annotations.get(LOAD_BALANCER_CLASS) {
+                None => None,
+                Some(raw) if is_label_key(raw.trim()) => Some(raw.trim().to_owned()),
+                Some(raw) => return Err(InvalidAnnotation::LoadBalancerClass { value: raw.clone() }),
+            };
+            let node_ports = match annotations.get(NODE_PORTS).map(|raw| raw.trim()) {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(_) => {
+                    return Err(InvalidAnnotation::NodePorts {
+                        value: annotations[NODE_PORTS].clone(),
+                    });
+                }
+            };
+            Expose::LoadBalancer(PublicService {
+                name,
+                annotations: carried,
+                class,
+                node_ports,
+            })
         }
         Some(_) => {
             return Err(InvalidAnnotation::Expose {
@@ -150,6 +226,19 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<OptIn>, In
             });
         }
     };
+    if expose == Expose::NodePort {
+        // Said for a Service that does not exist in this mode: the operator's intent would be lost.
+        for annotation in [
+            PUBLIC_SERVICE,
+            PUBLIC_SERVICE_ANNOTATIONS,
+            LOAD_BALANCER_CLASS,
+            NODE_PORTS,
+        ] {
+            if annotations.contains_key(annotation) {
+                return Err(InvalidAnnotation::OnlyWithLoadBalancer { annotation });
+            }
+        }
+    }
     Ok(Some(OptIn {
         base_port,
         protocols,
@@ -167,6 +256,26 @@ pub fn pod_base_port(annotations: &BTreeMap<String, String>) -> Option<u16> {
         .parse::<u16>()
         .ok()
         .filter(|port| *port > 0)
+}
+
+/// Annotations under our own prefix are the controller's bookkeeping, never carried.
+fn parse_carried_annotations(raw: &str) -> Result<BTreeMap<String, String>, String> {
+    let parsed: serde_json::Value = serde_json::from_str(raw).map_err(|error| error.to_string())?;
+    let object = parsed.as_object().ok_or_else(|| "not an object".to_owned())?;
+    let mut carried = BTreeMap::new();
+    for (key, value) in object {
+        if !is_label_key(key) {
+            return Err(format!("{key:?} is not a valid annotation name"));
+        }
+        if key.starts_with("service-per-pod/") {
+            return Err(format!("{key:?} is the controller's own"));
+        }
+        let value = value
+            .as_str()
+            .ok_or_else(|| format!("the value of {key:?} is not a string"))?;
+        carried.insert(key.clone(), value.to_owned());
+    }
+    Ok(carried)
 }
 
 fn parse_protocols(raw: &str) -> Option<Vec<Protocol>> {
@@ -250,7 +359,7 @@ mod tests {
         let opt_in = parse(&annotations(&[(BASE_PORT, "30300"), (EXPOSE, "LoadBalancer")]))
             .unwrap()
             .unwrap();
-        assert_eq!(opt_in.expose, Expose::LoadBalancer { service: None });
+        assert_eq!(opt_in.expose, Expose::LoadBalancer(PublicService::default()));
         let opt_in = parse(&annotations(&[
             (BASE_PORT, "30300"),
             (EXPOSE, " LoadBalancer "),
@@ -260,9 +369,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             opt_in.expose,
-            Expose::LoadBalancer {
-                service: Some("media".to_owned())
-            }
+            Expose::LoadBalancer(PublicService {
+                name: Some("media".to_owned()),
+                ..PublicService::default()
+            })
         );
         for bad in ["loadbalancer", "ClusterIP", ""] {
             assert_eq!(
@@ -284,6 +394,71 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn the_public_services_annotations_class_and_node_ports_are_parsed_strictly() {
+        let lb = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![(BASE_PORT, "40000"), (EXPOSE, "LoadBalancer")];
+            pairs.extend_from_slice(extra);
+            parse(&annotations(&pairs))
+        };
+        let opt_in = lb(&[
+            (
+                PUBLIC_SERVICE_ANNOTATIONS,
+                r#"{"service.beta.kubernetes.io/aws-load-balancer-type": "external", "example.com/x": ""}"#,
+            ),
+            (LOAD_BALANCER_CLASS, " service.k8s.aws/nlb "),
+            (NODE_PORTS, "false"),
+        ])
+        .unwrap()
+        .unwrap();
+        let Expose::LoadBalancer(public) = &opt_in.expose else {
+            panic!("LoadBalancer mode")
+        };
+        assert_eq!(public.annotations.len(), 2);
+        assert_eq!(
+            public.annotations["service.beta.kubernetes.io/aws-load-balancer-type"],
+            "external"
+        );
+        assert_eq!(public.class.as_deref(), Some("service.k8s.aws/nlb"));
+        assert!(!public.node_ports && !opt_in.expose.uses_node_ports());
+
+        for (bad, problem) in [
+            ("{", "EOF while parsing"),
+            (r#"["a"]"#, "not an object"),
+            (r#"{"Not A Key": "x"}"#, "not a valid annotation name"),
+            (r#"{"a": 1}"#, "not a string"),
+            (
+                r#"{"service-per-pod/carried-annotations": "x"}"#,
+                "the controller's own",
+            ),
+        ] {
+            let error = lb(&[(PUBLIC_SERVICE_ANNOTATIONS, bad)]).unwrap_err();
+            assert!(error.to_string().contains(problem), "{bad}: {error}");
+        }
+        assert_eq!(
+            lb(&[(LOAD_BALANCER_CLASS, "not a class")]),
+            Err(InvalidAnnotation::LoadBalancerClass {
+                value: "not a class".to_owned()
+            })
+        );
+        assert_eq!(
+            lb(&[(NODE_PORTS, "no")]),
+            Err(InvalidAnnotation::NodePorts {
+                value: "no".to_owned()
+            })
+        );
+        // Said of a Service NodePort mode does not have: refused, not ignored.
+        assert_eq!(
+            parse(&annotations(&[
+                (BASE_PORT, "30300"),
+                (LOAD_BALANCER_CLASS, "x.io/y")
+            ])),
+            Err(InvalidAnnotation::OnlyWithLoadBalancer {
+                annotation: LOAD_BALANCER_CLASS
+            })
+        );
     }
 
     #[test]

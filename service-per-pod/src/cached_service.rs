@@ -20,6 +20,8 @@ pub struct CachedService {
     owner_references: Option<Box<[OwnerReference]>>,
     deletion_timestamp: Option<Time>,
     labels: Option<Pairs>,
+    /// Only those this controller carried onto a public Service (`public::carried_only`).
+    annotations: Option<Pairs>,
     spec: Option<CachedSpec>,
 }
 
@@ -30,6 +32,8 @@ struct CachedSpec {
     publish_not_ready_addresses: Option<bool>,
     selector: Option<Pairs>,
     ports: Option<Box<[ServicePort]>>,
+    load_balancer_class: Option<Box<str>>,
+    allocate_load_balancer_node_ports: Option<bool>,
 }
 
 fn boxed(text: &Option<String>) -> Option<Box<str>> {
@@ -72,12 +76,15 @@ impl CachedService {
                 .map(|owners| owners.iter().cloned().collect()),
             deletion_timestamp: metadata.deletion_timestamp.clone(),
             labels: pairs(&metadata.labels),
+            annotations: pairs(&crate::public::carried_only(metadata.annotations.as_ref())),
             spec: service.spec.as_ref().map(|spec| CachedSpec {
                 type_: boxed(&spec.type_),
                 external_traffic_policy: boxed(&spec.external_traffic_policy),
                 publish_not_ready_addresses: spec.publish_not_ready_addresses,
                 selector: pairs(&spec.selector),
                 ports: spec.ports.as_ref().map(|ports| ports.iter().cloned().collect()),
+                load_balancer_class: boxed(&spec.load_balancer_class),
+                allocate_load_balancer_node_ports: spec.allocate_load_balancer_node_ports,
             }),
         }
     }
@@ -93,6 +100,7 @@ impl CachedService {
                 owner_references: self.owner_references.as_ref().map(|owners| owners.to_vec()),
                 deletion_timestamp: self.deletion_timestamp.clone(),
                 labels: map(&self.labels),
+                annotations: map(&self.annotations),
                 ..ObjectMeta::default()
             },
             spec: self.spec.as_ref().map(|spec| ServiceSpec {
@@ -101,6 +109,8 @@ impl CachedService {
                 publish_not_ready_addresses: spec.publish_not_ready_addresses,
                 selector: map(&spec.selector),
                 ports: spec.ports.as_ref().map(|ports| ports.to_vec()),
+                load_balancer_class: unboxed(&spec.load_balancer_class),
+                allocate_load_balancer_node_ports: spec.allocate_load_balancer_node_ports,
                 ..ServiceSpec::default()
             }),
             status: None,

@@ -22,6 +22,12 @@ pub struct Cli {
     #[arg(long, env = "NODE_PORT_RANGE", default_value = "30000-32767")]
     pub node_port_range: NodePortRange,
 
+    /// The ports a StatefulSet in `LoadBalancer` mode without node ports (`service-per-pod/node-ports:
+    /// "false"`) may use: its load balancer sends to the pods directly, so the node-port range does not
+    /// bound them. Grants apply to them as to node ports.
+    #[arg(long, env = "DIRECT_PORT_RANGE", default_value = "1024-65535")]
+    pub direct_port_range: NodePortRange,
+
     /// Which namespaces may claim which node ports: `namespace=first-last` entries separated by commas
     /// (`*` for every namespace). Nothing is granted that is not listed — except that a controller
     /// watching one namespace (--namespace) grants it the whole range when this is empty.

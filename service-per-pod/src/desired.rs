@@ -90,11 +90,34 @@ pub struct PodView {
     pub terminating: bool,
 }
 
-/// What bounds every plan: the API server's node-port range, and the ports the administrator granted.
+/// What bounds every plan: the API server's node-port range (or, for a Service without node ports, the
+/// range such ports may take), and the ports the administrator granted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub range: NodePortRange,
+    /// The ports of a `LoadBalancer` Service without node ports (`service-per-pod/node-ports: "false"`):
+    /// its load balancer sends to the pods directly, so the node-port range does not bound them.
+    pub direct_range: NodePortRange,
     pub grants: Grants,
+}
+
+/// Unprivileged ports: a bridge binds its own port in its pod, and the restricted Pod Security profile
+/// lets it bind nothing lower.
+pub const DEFAULT_DIRECT_RANGE: NodePortRange = NodePortRange {
+    first: 1024,
+    last: 65535,
+};
+
+impl Limits {
+    /// The range `set`'s ports must lie in. Grants and conflicts apply the same in either: a port is one
+    /// StatefulSet's whatever its mode, so switching modes never lands on another's port.
+    pub fn range_for(&self, set: &SetView) -> NodePortRange {
+        if set.opt_in.expose.uses_node_ports() {
+            self.range
+        } else {
+            self.direct_range
+        }
+    }
 }
 
 pub fn port_for(base_port: u16, ordinal: u32) -> Option<u16> {
@@ -228,7 +251,7 @@ fn candidates(set: &SetView, range: NodePortRange) -> Candidates {
 /// lie in the range and are granted to its namespace. At most the size of the range.
 pub fn claimed_ports(set: &SetView, limits: &Limits) -> BTreeSet<u16> {
     let granted = |port: &u16| limits.grants.allows(&set.key.namespace, *port);
-    let mut ports: BTreeSet<u16> = candidates(set, limits.range)
+    let mut ports: BTreeSet<u16> = candidates(set, limits.range_for(set))
         .inside
         .iter()
         .map(|candidate| candidate.port)
@@ -236,7 +259,7 @@ pub fn claimed_ports(set: &SetView, limits: &Limits) -> BTreeSet<u16> {
         .collect();
     if let (Some(reserve), Some(window)) = (
         set.opt_in.reserve,
-        in_range_window(set.opt_in.base_port, limits.range),
+        in_range_window(set.opt_in.base_port, limits.range_for(set)),
     ) {
         let reserved = Ordinals::counted(set.start, reserve).within(window);
         ports.extend(
@@ -291,6 +314,8 @@ pub enum Refusal {
         ordinals: Ordinals,
         base: u16,
         range: NodePortRange,
+        /// Which range: the node-port range, or that of a Service without node ports.
+        node_ports: bool,
     },
     /// The ports are in range but not granted to the StatefulSet's namespace.
     NotGranted {
@@ -352,10 +377,16 @@ impl fmt::Display for Refusal {
                 ordinals,
                 base,
                 range,
+                node_ports,
             } => write!(
                 f,
-                "{} no Service: base port {base} + ordinal is outside the node-port range {range}",
-                which(ordinals)
+                "{} no Service: base port {base} + ordinal is outside the {} {range}",
+                which(ordinals),
+                if *node_ports {
+                    "node-port range"
+                } else {
+                    "port range of a Service without node ports"
+                }
             ),
             Refusal::NotGranted {
                 ordinals,
@@ -461,7 +492,7 @@ pub fn plan(set: &SetView, limits: &Limits, winners: &BTreeMap<u16, SetKey>) -> 
         out_of_range,
         unnameable,
         collisions,
-    } = candidates(set, limits.range);
+    } = candidates(set, limits.range_for(set));
     let mut plan = Plan::default();
     let mut not_granted = Ordinals::new();
     let mut not_granted_ports = Ordinals::new();
@@ -504,7 +535,8 @@ pub fn plan(set: &SetView, limits: &Limits, winners: &BTreeMap<u16, SetKey>) -> 
         plan.refusals.push(Refusal::OutOfRange {
             ordinals: out_of_range,
             base: set.opt_in.base_port,
-            range: limits.range,
+            range: limits.range_for(set),
+            node_ports: set.opt_in.expose.uses_node_ports(),
         });
     }
     if !not_granted.is_empty() {
@@ -636,14 +668,16 @@ pub fn repair_patch(desired: &DesiredService, set: &SetKey, owner_uid: &str, act
 }
 
 /// Keeps of a Service what the controller compares, repairs and deletes by: name, namespace, UID,
-/// version, labels, owners, deletion state, and the spec fields it sets (type, traffic policy,
-/// publishing of unready pods, selector, ports). The API server's own fields (cluster IPs, IP
-/// families, session affinity, status) and others' annotations are dropped as the Service arrives in
-/// the cache: with thousands of Services they were a good part of the controller's memory.
+/// version, labels, owners, deletion state, the annotations it carried onto a public Service, and the
+/// spec fields it sets (type, traffic policy, publishing of unready pods, selector, ports, load balancer
+/// class and node-port allocation). The API server's own fields (cluster IPs, IP families, session
+/// affinity, status) and others' annotations are dropped as the Service arrives in the cache: with
+/// thousands of Services they were a good part of the controller's memory.
 pub fn slim_service(service: &mut Service) {
     let mut metadata = std::mem::take(&mut service.metadata);
     service.metadata = ObjectMeta {
         labels: metadata.labels.take(),
+        annotations: crate::public::carried_only(metadata.annotations.as_ref()),
         ..cached_identity(metadata)
     };
     service.spec = service.spec.take().map(|spec| ServiceSpec {
@@ -652,6 +686,8 @@ pub fn slim_service(service: &mut Service) {
         publish_not_ready_addresses: spec.publish_not_ready_addresses,
         selector: spec.selector,
         ports: spec.ports,
+        load_balancer_class: spec.load_balancer_class,
+        allocate_load_balancer_node_ports: spec.allocate_load_balancer_node_ports,
         ..ServiceSpec::default()
     });
     service.status = None;
@@ -788,6 +824,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             range: NodePortRange::default(),
+            direct_range: DEFAULT_DIRECT_RANGE,
             grants: Grants::whole_range("jitsi", NodePortRange::default()),
         }
     }
@@ -866,7 +903,8 @@ mod tests {
             vec![Refusal::OutOfRange {
                 ordinals: [2, 3].into_iter().collect(),
                 base: 32766,
-                range: NodePortRange::default()
+                range: NodePortRange::default(),
+                node_ports: true,
             }]
         );
         let beyond = super::plan(&set("jvb", 65535, 2), &limits(), &BTreeMap::new());
@@ -878,9 +916,44 @@ mod tests {
     }
 
     #[test]
+    fn without_node_ports_the_direct_range_bounds_the_ports_and_grants_still_apply() {
+        let mut direct = set("jvb", 40000, 3);
+        direct.opt_in.expose = crate::annotations::Expose::LoadBalancer(crate::annotations::PublicService {
+            node_ports: false,
+            ..Default::default()
+        });
+        let nothing_granted = plan(&direct, &limits(), &BTreeMap::new());
+        assert!(nothing_granted.services.is_empty());
+        assert_eq!(nothing_granted.refusals[0].reason(), "PortNotGranted");
+        let limits = Limits {
+            grants: "jitsi=30000-32767,jitsi=40000-40001".parse().unwrap(),
+            ..limits()
+        };
+        let granted = plan(&direct, &limits, &BTreeMap::new());
+        assert_eq!(
+            ports(&granted),
+            vec![("jvb-0".into(), 40000), ("jvb-1".into(), 40001)]
+        );
+        assert_eq!(granted.refusals[0].reason(), "PortNotGranted");
+        // The same ports with node ports: outside the node-port range, said as such.
+        let node_ports = plan(&set("jvb", 40000, 1), &limits, &BTreeMap::new());
+        assert_eq!(
+            node_ports.refusals[0].to_string(),
+            "pod ordinal 0 gets no Service: base port 40000 + ordinal is outside the node-port range 30000-32767"
+        );
+        let mut below = direct.clone();
+        below.opt_in.base_port = 80;
+        assert_eq!(
+            plan(&below, &limits, &BTreeMap::new()).refusals[0].to_string(),
+            "pod ordinals 0–2 get no Service: base port 80 + ordinal is outside the port range of a Service without node ports 1024-65535"
+        );
+    }
+
+    #[test]
     fn ports_not_granted_to_the_namespace_are_refused() {
         let limits = Limits {
             range: NodePortRange::default(),
+            direct_range: DEFAULT_DIRECT_RANGE,
             grants: "jitsi=30300-30301".parse().unwrap(),
         };
         let plan = plan(&set("jvb", 30300, 4), &limits, &BTreeMap::new());
@@ -901,6 +974,7 @@ mod tests {
         );
         let nothing = Limits {
             range: NodePortRange::default(),
+            direct_range: DEFAULT_DIRECT_RANGE,
             grants: Grants::default(),
         };
         assert!(

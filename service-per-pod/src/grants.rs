@@ -66,11 +66,27 @@ impl Grants {
     }
 
     /// Every grant must lie inside the API server's node-port range: one outside it is a typo.
-    pub fn check_within(&self, range: NodePortRange) -> Result<(), String> {
+    /// Grants `ports` to `namespace` as well.
+    pub fn and(mut self, namespace: &str, ports: NodePortRange) -> Self {
+        self.0.push(Grant {
+            namespace: Some(namespace.to_owned()),
+            ports: ports.first..=ports.last,
+        });
+        self
+    }
+
+    /// Every grant must lie in one of `ranges` (the node-port range, the range of ports without node
+    /// ports): a grant beyond them is a typo that would grant nothing.
+    pub fn check_within(&self, ranges: &[NodePortRange]) -> Result<(), String> {
         for grant in &self.0 {
-            if !range.contains(*grant.ports.start()) || !range.contains(*grant.ports.end()) {
+            let inside = ranges
+                .iter()
+                .any(|range| range.contains(*grant.ports.start()) && range.contains(*grant.ports.end()));
+            if !inside {
+                let ranges: Vec<String> = ranges.iter().map(ToString::to_string).collect();
                 return Err(format!(
-                    "the port grant {grant} is outside the node-port range {range}"
+                    "the port grant {grant} is outside the port ranges {}",
+                    ranges.join(" and ")
                 ));
             }
         }
@@ -146,7 +162,7 @@ mod tests {
         assert!(!grants.allows("tenant", 30300));
         assert_eq!(grants.describe("jitsi"), "30300-30499, 32000-32000");
         assert_eq!(grants.describe("tenant"), "nothing");
-        assert!(grants.check_within(NodePortRange::default()).is_ok());
+        assert!(grants.check_within(&[NodePortRange::default()]).is_ok());
     }
 
     #[test]
@@ -174,9 +190,9 @@ mod tests {
         let outside: Grants = "jitsi=20000-20099".parse().unwrap();
         assert!(
             outside
-                .check_within(NodePortRange::default())
+                .check_within(&[NodePortRange::default()])
                 .unwrap_err()
-                .contains("outside the node-port range")
+                .contains("outside the port ranges 30000-32767")
         );
     }
 

@@ -25,6 +25,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde_json::Value;
 
+use crate::annotations::PublicService;
 use crate::desired::{self, DesiredService, SetView};
 use crate::public;
 
@@ -41,7 +42,7 @@ pub struct Waiting {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     NodePort,
-    LoadBalancer { name: String },
+    LoadBalancer { name: String, spec: PublicService },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -273,7 +274,7 @@ fn unwanted_per_pod<'a>(inputs: &'a Inputs<'_>, mode: &Mode) -> Vec<&'a Arc<Serv
     }
     let wanted = desired::wanted(inputs.set);
     let public_name = match mode {
-        Mode::LoadBalancer { name } => Some(name.as_str()),
+        Mode::LoadBalancer { name, .. } => Some(name.as_str()),
         Mode::NodePort => None,
     };
     inputs
@@ -299,7 +300,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
     let mut plan = Plan::default();
     match inputs.mode {
         Mode::NodePort => plan_node_port(inputs, &mut plan),
-        Mode::LoadBalancer { name } => plan_load_balancer(inputs, name, &mut plan),
+        Mode::LoadBalancer { name, spec } => plan_load_balancer(inputs, name, spec, &mut plan),
     }
     plan
 }
@@ -370,7 +371,7 @@ fn entries_of(service: &Service, ordinals: &crate::ordinals::Ordinals) -> Vec<Va
         .collect()
 }
 
-fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, plan: &mut Plan) {
+fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, spec: &PublicService, plan: &mut Plan) {
     let set = inputs.set;
     // The one Service carries every bridge of the set: while the StatefulSet is being deleted it is left
     // to the garbage collector, as the per-pod Services are (see `unwanted_per_pod`). A patch now would
@@ -388,6 +389,7 @@ fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, plan: &mut Plan) {
         inputs,
         &Mode::LoadBalancer {
             name: name.to_owned(),
+            spec: spec.clone(),
         },
     );
     let leftover_ports: BTreeSet<u16> = leftovers.iter().flat_map(|service| node_ports(service)).collect();
@@ -404,8 +406,15 @@ fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, plan: &mut Plan) {
     let kept: Vec<Value> = public
         .map(|service| entries_of(service, &inputs.desired.refused()))
         .unwrap_or_default();
-    let manifest = public::service_manifest(name, &set.key, &set.uid, &planned, &kept);
-    let wanted_ports: BTreeSet<u16> = planned.iter().map(|wanted| wanted.port).collect();
+    let existing = public.and_then(|service| serde_json::to_value(service.as_ref()).ok());
+    let manifest =
+        public::service_manifest(name, &set.key, &set.uid, spec, &planned, &kept, existing.as_ref());
+    // The node ports this Service takes: none when its load balancer reaches the pods directly.
+    let wanted_ports: BTreeSet<u16> = if spec.node_ports {
+        planned.iter().map(|wanted| wanted.port).collect()
+    } else {
+        BTreeSet::new()
+    };
     let owner: Option<SliceOwner>;
     let mut after_public = Vec::new();
     match public {
@@ -456,7 +465,7 @@ fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, plan: &mut Plan) {
                 .iter()
                 .map(|service| plan.push(delete_service(service), Vec::new()))
                 .collect();
-            let current = serde_json::to_value(public.as_ref()).unwrap_or_default();
+            let current = existing.unwrap_or_default();
             let empty_plan = planned.is_empty() && kept.is_empty();
             if !empty_plan && !public::is_up_to_date(&manifest, &current) {
                 let moves_ports =
@@ -615,6 +624,7 @@ mod tests {
         };
         Limits {
             range,
+            direct_range: desired::DEFAULT_DIRECT_RANGE,
             grants: Grants::whole_range("jitsi", range),
         }
     }
@@ -794,6 +804,7 @@ mod tests {
         assert_eq!(kinds(&plan), ["create Service jvb-0", "create Service jvb-2"]);
         let public = Mode::LoadBalancer {
             name: "jvb-public".to_owned(),
+            spec: PublicService::default(),
         };
         let plan = run(&set, &[], &[], &waiting, &public);
         assert_eq!(kinds(&plan), ["create Service jvb-public"]);
@@ -809,6 +820,7 @@ mod tests {
         let services = [per_pod(&set, 0), per_pod(&set, 1)];
         let mode = Mode::LoadBalancer {
             name: "jvb-public".to_owned(),
+            spec: PublicService::default(),
         };
         let plan = run(&set, &services, &[], &Waiting::default(), &mode);
         assert_eq!(
@@ -844,7 +856,15 @@ mod tests {
         let set = set(2, &[Protocol::Udp], &[0, 1]);
         let desired = desired_of(&set);
         let public = existing(
-            public::service_manifest("jvb-public", &set.key, &set.uid, &desired.services, &[]),
+            public::service_manifest(
+                "jvb-public",
+                &set.key,
+                &set.uid,
+                &PublicService::default(),
+                &desired.services,
+                &[],
+                None,
+            ),
             "public-uid",
         );
         let plan = run(&set, &[public], &[], &Waiting::default(), &Mode::NodePort);
@@ -867,11 +887,20 @@ mod tests {
         let empty = set(0, &[Protocol::Udp], &[]);
         let mode = Mode::LoadBalancer {
             name: "jvb-public".to_owned(),
+            spec: PublicService::default(),
         };
         assert!(run(&empty, &[], &[], &Waiting::default(), &mode).steps.is_empty());
         let two = set(2, &[Protocol::Udp], &[]);
         let public = existing(
-            public::service_manifest("jvb-public", &two.key, &two.uid, &desired_of(&two).services, &[]),
+            public::service_manifest(
+                "jvb-public",
+                &two.key,
+                &two.uid,
+                &PublicService::default(),
+                &desired_of(&two).services,
+                &[],
+                None,
+            ),
             "public-uid",
         );
         assert!(
@@ -888,9 +917,18 @@ mod tests {
         let two = set(2, &[Protocol::Udp], &[]);
         let mode = Mode::LoadBalancer {
             name: "jvb-public".to_owned(),
+            spec: PublicService::default(),
         };
         let public = existing(
-            public::service_manifest("jvb-public", &one.key, &one.uid, &desired_of(&one).services, &[]),
+            public::service_manifest(
+                "jvb-public",
+                &one.key,
+                &one.uid,
+                &PublicService::default(),
+                &desired_of(&one).services,
+                &[],
+                None,
+            ),
             "public-uid",
         );
         let plan = run(
@@ -936,9 +974,18 @@ mod tests {
 
         let mode = Mode::LoadBalancer {
             name: "jvb-public".to_owned(),
+            spec: PublicService::default(),
         };
         let public = existing(
-            public::service_manifest("jvb-public", &all.key, &all.uid, &desired_of(&all).services, &[]),
+            public::service_manifest(
+                "jvb-public",
+                &all.key,
+                &all.uid,
+                &PublicService::default(),
+                &desired_of(&all).services,
+                &[],
+                None,
+            ),
             "public-uid",
         );
         let plan = run(&going, &[public], &[], &Waiting::default(), &mode);

@@ -58,7 +58,7 @@ proptest! {
             None => Grants::whole_range("ns", range),
             Some((first, len)) => format!("ns={first}-{}", first.saturating_add(len)).parse().unwrap_or_default(),
         };
-        let limits = Limits { range, grants: grants.clone() };
+        let limits = Limits { range, direct_range: range, grants: grants.clone() };
         let set = SetView {
             key: SetKey { namespace: "ns".into(), name: name.clone() },
             uid: "uid".into(),

@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 
-use crate::annotations::Protocol;
+use crate::annotations::{Protocol, PublicService};
 use crate::desired::{DesiredService, MANAGED_BY_LABEL, MANAGED_BY_VALUE, STATEFULSET_LABEL, SetKey};
 
 /// The label every EndpointSlice carries for its Service; kube-proxy joins them by it.
@@ -34,6 +34,66 @@ pub fn port_name(ordinal: u32, protocol: Protocol, several: bool) -> String {
     } else {
         ordinal.to_string()
     }
+}
+
+/// On the Service: the keys of the annotations carried from the StatefulSet, comma-separated, so that one
+/// the operator removes is removed — and none another controller (the cloud's) wrote is ever touched.
+pub const CARRIED_ANNOTATIONS: &str = "service-per-pod/carried-annotations";
+
+/// The annotations the Service should carry: the operator's, the list of their keys, and — as `null`, which
+/// a merge patch removes — those it carried before (`previously`: the list found on it) but no longer.
+fn annotations_of(spec: &PublicService, previously: Option<&str>) -> serde_json::Map<String, Value> {
+    let mut annotations: serde_json::Map<String, Value> = spec
+        .annotations
+        .iter()
+        .map(|(key, value)| (key.clone(), json!(value)))
+        .collect();
+    for gone in previously
+        .into_iter()
+        .flat_map(|list| list.split(','))
+        .filter(|key| !key.is_empty() && !spec.annotations.contains_key(*key))
+        // Only what we could have carried: the list is on an object others may write to.
+        .filter(|key| crate::annotations::is_label_key(key) && !key.starts_with("service-per-pod/"))
+    {
+        annotations.insert(gone.to_owned(), Value::Null);
+    }
+    let keys: Vec<&str> = spec.annotations.keys().map(String::as_str).collect();
+    annotations.insert(CARRIED_ANNOTATIONS.to_owned(), json!(keys.join(",")));
+    annotations
+}
+
+/// Of a Service's annotations, those this controller carried onto it and their list; `None` when it
+/// carried none (every per-pod Service): what the caches keep.
+pub fn carried_only(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let annotations = annotations?;
+    let list = annotations.get(CARRIED_ANNOTATIONS)?;
+    Some(
+        annotations
+            .iter()
+            .filter(|(key, _)| *key == CARRIED_ANNOTATIONS || list.split(',').any(|carried| carried == *key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+    )
+}
+
+/// The class a Service has: `spec.loadBalancerClass`, which the API server does not let change.
+pub fn class_of(service: &Value) -> Option<&str> {
+    service["spec"]["loadBalancerClass"].as_str()
+}
+
+/// Why the Service keeps a class other than the one asked for, when it does.
+pub fn class_kept(service: &str, wanted: Option<&str>, actual: Option<&str>) -> Option<String> {
+    (wanted != actual).then(|| {
+        format!(
+            "the Service {service} keeps loadBalancerClass {}: the StatefulSet asks for {}, and Kubernetes does not let \
+             the class of an existing Service change. Replace it as docs/deploying.md says (\"Changing the load \
+             balancer class\"); its ports and annotations are still kept up to date",
+            actual.unwrap_or("(none)"),
+            wanted.unwrap_or("(none)")
+        )
+    })
 }
 
 /// The EndpointSlice of one pod: `<service>-<ordinal>`.
@@ -71,20 +131,25 @@ fn ports_of(wanted: &DesiredService) -> Vec<Value> {
 /// The Service as created and patched: exactly the fields this controller owns. Every pod that exists is
 /// a second owner, so the Service outlives a deleted StatefulSet while its bridges drain.
 /// `kept`: port entries carried over as they are (those of ordinals the planner refuses keep what they
-/// have).
+/// have). `existing`: the Service as it is, when it is — its list of carried annotations, and its class,
+/// which is kept when it differs (the API server refuses a change).
 pub fn service_manifest(
     name: &str,
     set: &SetKey,
     owner_uid: &str,
+    spec: &PublicService,
     wanted: &[DesiredService],
     kept: &[Value],
+    existing: Option<&Value>,
 ) -> Value {
     let mut ports: Vec<Value> = wanted
         .iter()
         .flat_map(|service| {
             ports_of(service).into_iter().map(move |mut port| {
                 port["targetPort"] = json!(service.port);
-                port["nodePort"] = json!(service.port);
+                if spec.node_ports {
+                    port["nodePort"] = json!(service.port);
+                }
                 port
             })
         })
@@ -98,21 +163,31 @@ pub fn service_manifest(
     owners.extend(wanted.iter().filter_map(|service| service.pod.as_ref()).map(|pod| {
         json!({ "apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid, "controller": false })
     }));
-    json!({
+    let previously =
+        existing.and_then(|service| service["metadata"]["annotations"][CARRIED_ANNOTATIONS].as_str());
+    let mut manifest = json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
             "name": name,
             "namespace": set.namespace,
             "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE, STATEFULSET_LABEL: set.name },
+            "annotations": annotations_of(spec, previously),
             "ownerReferences": owners,
         },
         "spec": {
             "type": "LoadBalancer",
             "externalTrafficPolicy": "Cluster",
+            "allocateLoadBalancerNodePorts": spec.node_ports,
             "ports": ports,
         },
-    })
+    });
+    // Set at creation only: the API server refuses any change of it on an existing LoadBalancer Service
+    // (from none to one too), so whatever it has stays, and the reconciler says so (`class_kept`).
+    if let (None, Some(class)) = (existing, spec.class.as_deref()) {
+        manifest["spec"]["loadBalancerClass"] = json!(class);
+    }
+    manifest
 }
 
 /// The EndpointSlice of one pod, owned by the Service: its one endpoint on its port(s).
@@ -171,11 +246,13 @@ pub fn is_up_to_date(wanted: &Value, actual: &Value) -> bool {
     contains(actual, &wanted)
 }
 
+/// A `null` in `wanted` (a key a merge patch removes) wants the key absent.
 fn contains(actual: &Value, wanted: &Value) -> bool {
     match (actual, wanted) {
-        (Value::Object(actual), Value::Object(wanted)) => wanted
-            .iter()
-            .all(|(key, value)| actual.get(key).is_some_and(|found| contains(found, value))),
+        (Value::Object(actual), Value::Object(wanted)) => wanted.iter().all(|(key, value)| match value {
+            Value::Null => actual.get(key).is_none_or(Value::is_null),
+            _ => actual.get(key).is_some_and(|found| contains(found, value)),
+        }),
         (Value::Array(actual), Value::Array(wanted)) => {
             actual.len() == wanted.len() && actual.iter().zip(wanted).all(|(a, w)| contains(a, w))
         }
@@ -236,11 +313,13 @@ mod tests {
             "shard-0-jvb-public",
             &set(),
             "set-uid",
+            &PublicService::default(),
             &[
                 wanted(0, &[Protocol::Udp], true),
                 wanted(2, &[Protocol::Udp], false),
             ],
             &[],
+            None,
         );
         assert_eq!(manifest["spec"]["type"], "LoadBalancer");
         assert_eq!(manifest["spec"]["externalTrafficPolicy"], "Cluster");
@@ -260,14 +339,107 @@ mod tests {
         assert_eq!(owners[1]["uid"], "uid-0");
     }
 
+    fn cloud_spec(annotations: &[(&str, &str)], class: Option<&str>, node_ports: bool) -> PublicService {
+        PublicService {
+            name: None,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            class: class.map(str::to_owned),
+            node_ports,
+        }
+    }
+
+    #[test]
+    fn annotations_and_class_are_carried_and_a_removed_annotation_goes_but_no_one_elses() {
+        let spec = cloud_spec(
+            &[("service.beta.kubernetes.io/aws-load-balancer-type", "external")],
+            Some("service.k8s.aws/nlb"),
+            true,
+        );
+        let one = [wanted(0, &[Protocol::Udp], true)];
+        let created = service_manifest("p", &set(), "u", &spec, &one, &[], None);
+        assert_eq!(
+            created["metadata"]["annotations"],
+            json!({
+                "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+                CARRIED_ANNOTATIONS: "service.beta.kubernetes.io/aws-load-balancer-type",
+            })
+        );
+        assert_eq!(created["spec"]["loadBalancerClass"], "service.k8s.aws/nlb");
+        assert_eq!(created["spec"]["allocateLoadBalancerNodePorts"], true);
+
+        // As the cloud left it: its own annotation, its status, the class; then the operator drops ours.
+        let mut existing = created.clone();
+        existing["metadata"]["annotations"]["cloud.example/lb-id"] = json!("lb-123");
+        existing["status"] = json!({ "loadBalancer": { "ingress": [{ "ip": "203.0.113.7" }] } });
+        assert!(is_up_to_date(
+            &service_manifest("p", &set(), "u", &spec, &one, &[], Some(&existing)),
+            &existing
+        ));
+        let dropped = cloud_spec(&[], Some("service.k8s.aws/nlb"), true);
+        let wanted = service_manifest("p", &set(), "u", &dropped, &one, &[], Some(&existing));
+        assert!(!is_up_to_date(&wanted, &existing));
+        let patch = repair_patch(&wanted, Some("uid"), None);
+        assert_eq!(
+            patch["metadata"]["annotations"],
+            json!({
+                "service.beta.kubernetes.io/aws-load-balancer-type": null,
+                CARRIED_ANNOTATIONS: "",
+            }),
+            "ours removed, the cloud's untouched"
+        );
+        assert!(
+            patch["spec"].get("loadBalancerClass").is_none(),
+            "never patched: immutable"
+        );
+    }
+
+    #[test]
+    fn a_changed_class_is_kept_and_said() {
+        assert_eq!(class_kept("p", Some("a.io/x"), Some("a.io/x")), None);
+        let said = class_kept("p", Some("b.io/y"), Some("a.io/x")).unwrap();
+        assert!(
+            said.starts_with("the Service p keeps loadBalancerClass a.io/x: the StatefulSet asks for b.io/y")
+        );
+        assert!(
+            class_kept("p", Some("b.io/y"), None)
+                .unwrap()
+                .contains("keeps loadBalancerClass (none)")
+        );
+    }
+
+    #[test]
+    fn without_node_ports_the_ports_carry_none() {
+        let spec = cloud_spec(&[], None, false);
+        let manifest = service_manifest(
+            "p",
+            &set(),
+            "u",
+            &spec,
+            &[wanted(1, &[Protocol::Udp], true)],
+            &[],
+            None,
+        );
+        assert_eq!(manifest["spec"]["allocateLoadBalancerNodePorts"], false);
+        assert_eq!(
+            manifest["spec"]["ports"],
+            json!([{ "name": "1", "protocol": "UDP", "port": 30301, "targetPort": 30301 }])
+        );
+        assert!(manifest["spec"].get("loadBalancerClass").is_none());
+    }
+
     #[test]
     fn several_protocols_name_their_ports_apart() {
         let manifest = service_manifest(
             "p",
             &set(),
             "u",
+            &PublicService::default(),
             &[wanted(4, &[Protocol::Udp, Protocol::Tcp], false)],
             &[],
+            None,
         );
         let names: Vec<&str> = manifest["spec"]["ports"]
             .as_array()
@@ -313,7 +485,15 @@ mod tests {
 
     #[test]
     fn up_to_date_ignores_defaults_and_others_fields_but_not_a_changed_list() {
-        let wanted = service_manifest("p", &set(), "u", &[wanted(0, &[Protocol::Udp], false)], &[]);
+        let wanted = service_manifest(
+            "p",
+            &set(),
+            "u",
+            &PublicService::default(),
+            &[wanted(0, &[Protocol::Udp], false)],
+            &[],
+            None,
+        );
         let mut actual = wanted.clone();
         actual["spec"]["clusterIP"] = json!("10.96.0.7");
         actual["metadata"]["labels"]["team"] = json!("media");

@@ -384,8 +384,9 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Action {
     let wanted = desired::plan(&view, &ctx.limits, &winners);
     let mode = match &view.opt_in.expose {
         Expose::NodePort => Mode::NodePort,
-        Expose::LoadBalancer { service } => Mode::LoadBalancer {
-            name: crate::public::service_name(&key.name, service.as_deref()),
+        Expose::LoadBalancer(spec) => Mode::LoadBalancer {
+            name: crate::public::service_name(&key.name, spec.name.as_deref()),
+            spec: spec.clone(),
         },
     };
 
@@ -418,6 +419,18 @@ async fn reconcile_leading(set: &StatefulSet, ctx: &Context) -> Action {
                 named.join(", ")
             ),
         ));
+    }
+    if let Mode::LoadBalancer { name, spec } = &mode {
+        let services = ctx.index.services_of(&key.namespace, &uid);
+        if let Some(existing) = services.iter().find(|service| service.name_any() == *name) {
+            let actual = existing
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.load_balancer_class.as_deref());
+            if let Some(message) = crate::public::class_kept(name, spec.class.as_deref(), actual) {
+                warnings.push(("LoadBalancerClassKept".to_owned(), message));
+            }
+        }
     }
 
     let now = Instant::now();

@@ -64,11 +64,13 @@ const STATEFULSET_POD_SELECTOR: &str = "statefulset.kubernetes.io/pod-name";
 /// none — the whole range to that namespace.
 fn limits(cli: &Cli) -> Result<Limits, RunError> {
     let grants = match (&cli.namespace, cli.port_grants.is_empty()) {
-        (Some(namespace), true) => Grants::whole_range(namespace, cli.node_port_range),
+        (Some(namespace), true) => {
+            Grants::whole_range(namespace, cli.node_port_range).and(namespace, cli.direct_port_range)
+        }
         _ => cli.port_grants.clone(),
     };
     grants
-        .check_within(cli.node_port_range)
+        .check_within(&[cli.node_port_range, cli.direct_port_range])
         .map_err(RunError::Usage)?;
     if grants.is_empty() {
         tracing::warn!(
@@ -77,6 +79,7 @@ fn limits(cli: &Cli) -> Result<Limits, RunError> {
     }
     Ok(Limits {
         range: cli.node_port_range,
+        direct_range: cli.direct_port_range,
         grants,
     })
 }
