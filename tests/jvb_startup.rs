@@ -400,6 +400,38 @@ async fn the_node_lookup_reads_external_then_internal_ip_and_falls_back_when_for
     assert_eq!(decision["advertise_ips"], json!(["10.1.0.6"]));
     assert_eq!(decision["address_source"], "node-internal-ip");
 
+    // Nodes declared private (JVB_REQUIRE_PUBLIC_ADDRESS): the InternalIP is refused in one sentence, exit
+    // 2, the bridge never started; the node with an ExternalIP is fine.
+    let private_nodes = |node: &str| {
+        jvb_startup(
+            &["exec", "--advertise-from-node", "--", "/bin/echo", "STARTED"],
+            &[
+                ("POD_NAME", "jvb-1"),
+                ("JVB_BASE_PORT", "30300"),
+                ("NODE_NAME", node),
+                ("KUBECONFIG", &kubeconfig),
+                ("JVB_REQUIRE_PUBLIC_ADDRESS", "true"),
+            ],
+        )
+        .output()
+        .unwrap()
+    };
+    let refused = private_nodes(&internal);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(!text(&refused.stdout).contains("STARTED"));
+    assert!(
+        stderr.contains("refusing to advertise 10.1.0.6 (from the Node's InternalIP): JVB_REQUIRE_PUBLIC_ADDRESS says the nodes are private"),
+        "{stderr}"
+    );
+    println!("nodes declared private, InternalIP only: {}", stderr.trim());
+    let started = private_nodes(&external);
+    assert!(
+        text(&started.stdout).contains("STARTED"),
+        "{}",
+        text(&started.stderr)
+    );
+
     // A ServiceAccount without the binding: forbidden, so HOST_IP with a warning.
     accounts
         .create(

@@ -83,6 +83,12 @@ pub struct ExecArgs {
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<String>,
 
+    /// The nodes' own addresses are private (a private-node cluster): refuse to start (exit 2, one
+    /// sentence) rather than advertise an address no participant can reach — a call that connects with
+    /// no media is worse than a bridge that does not start.
+    #[arg(long, env = "JVB_REQUIRE_PUBLIC_ADDRESS")]
+    pub require_public_address: bool,
+
     /// The cluster's NodePort range: a port outside it is started anyway, with a warning.
     #[arg(long, env = "NODE_PORT_RANGE", default_value = "30000-32767")]
     pub node_port_range: String,

@@ -92,6 +92,7 @@ fn gather(args: &ExecArgs) -> Result<Inputs, ExecError> {
         host_ip: args.host_ip.clone(),
         muc_nickname: std::env::var("JVB_MUC_NICKNAME").ok(),
         node_port_range,
+        require_public: args.require_public_address,
     })
 }
 

@@ -17,6 +17,7 @@ fn inputs() -> Inputs {
         host_ip: Some("192.0.2.10".into()),
         muc_nickname: None,
         node_port_range: NodePortRange::default(),
+        require_public: false,
     }
 }
 
@@ -32,6 +33,39 @@ fn cases() -> Vec<(&'static str, Inputs)> {
     };
     vec![
         ("host ip only", inputs()),
+        (
+            "nodes declared private: the node's InternalIP is refused",
+            Inputs {
+                node: found(&[], &["10.0.3.7"]),
+                require_public: true,
+                ..inputs()
+            },
+        ),
+        (
+            "nodes declared private: a shared (CGNAT) host IP is refused",
+            Inputs {
+                host_ip: Some("100.64.0.9".into()),
+                require_public: true,
+                ..inputs()
+            },
+        ),
+        (
+            "nodes declared private: the load balancer's public address is advertised",
+            Inputs {
+                service_addresses: vec![ip("203.0.113.20")],
+                node: found(&[], &["10.0.3.7"]),
+                require_public: true,
+                ..inputs()
+            },
+        ),
+        (
+            "nodes declared private: a private address beside a public one is a warning",
+            Inputs {
+                advertise_ip: Some("203.0.113.7,fd00::7".into()),
+                require_public: true,
+                ..inputs()
+            },
+        ),
         (
             "advertise-ip wins over everything",
             Inputs {

@@ -65,6 +65,9 @@ pub struct Inputs {
     pub muc_nickname: Option<String>,
     /// The cluster's NodePort range: a port outside it only warns (the bridge may be reached otherwise).
     pub node_port_range: NodePortRange,
+    /// The operator says the nodes' own addresses are private (`JVB_REQUIRE_PUBLIC_ADDRESS`): a decision
+    /// that advertises no public address is refused.
+    pub require_public: bool,
 }
 
 /// What `exec` will do.
@@ -100,6 +103,34 @@ pub enum PlanError {
         "no address to advertise: set --advertise-ip, or --advertise-from-node with NODE_NAME, or HOST_IP (downward API status.hostIP)"
     )]
     NoAddress,
+    #[error(
+        "refusing to advertise {addresses} (from {from}): JVB_REQUIRE_PUBLIC_ADDRESS says the nodes are private, and no participant outside the cluster can reach such an address; expose the shard through components/jvb-load-balancer, or advertise the nodes' public addresses (components/jvb-advertise-from-node on nodes with an ExternalIP, or JVB_ADVERTISE_IP)"
+    )]
+    PrivateAddress { addresses: String, from: AddressSource },
+}
+
+/// An address no participant on the internet can reach: private (RFC 1918, IPv6 unique local), shared
+/// (RFC 6598, carrier-grade NAT), loopback, link-local or unspecified. Documentation ranges count as
+/// public: they stand in for public addresses in examples and tests.
+pub fn is_private(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => {
+            let [first, second, ..] = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (first == 100 && (64..128).contains(&second))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
 }
 
 /// The ordinal a StatefulSet pod name carries: the digits after its last `-`.
@@ -163,6 +194,25 @@ pub fn plan(inputs: &Inputs) -> Result<Plan, PlanError> {
     }
 
     let (advertise_ips, address_source) = choose_addresses(inputs, &mut warnings)?;
+    if inputs.require_public {
+        let private: Vec<String> = advertise_ips
+            .iter()
+            .filter(|address| is_private(**address))
+            .map(IpAddr::to_string)
+            .collect();
+        if private.len() == advertise_ips.len() {
+            return Err(PlanError::PrivateAddress {
+                addresses: private.join(","),
+                from: address_source,
+            });
+        }
+        if !private.is_empty() {
+            warnings.push(format!(
+                "advertising private address(es) {} beside public ones: JVB_REQUIRE_PUBLIC_ADDRESS says the nodes are private, so only the public ones will carry media",
+                private.join(",")
+            ));
+        }
+    }
     let muc_nickname = inputs
         .muc_nickname
         .clone()
@@ -242,5 +292,42 @@ impl Plan {
             "pod {} (ordinal {}): UDP port {}, advertising {} (from {}), MUC nickname {}",
             self.pod_name, self.ordinal, self.port, addresses, self.address_source, self.muc_nickname
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_private;
+
+    #[test]
+    fn private_shared_loopback_and_link_local_addresses_are_private_and_the_rest_public() {
+        for private in [
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "fd00::1",
+            "fe80::1",
+            "::1",
+            "::",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "203.0.113.7",
+            "198.51.100.1",
+            "100.128.0.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "2001:db8::7",
+            "2a00::1",
+        ] {
+            assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
     }
 }

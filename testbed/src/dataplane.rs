@@ -217,6 +217,13 @@ impl PodNet {
     pub fn probe(&self, protocol: Protocol, ip: Ipv4Addr, port: u16) -> Option<String> {
         probe_from(&self.netns, protocol, ip, port)
     }
+
+    /// `program` to be run in the pod's network namespace, as the pod's container would run it.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
 }
 
 impl Drop for PodNet {
@@ -260,6 +267,144 @@ impl ClientRoute {
 impl Drop for ClientRoute {
     fn drop(&mut self) {
         let _ = dataplane::ip(Some(CLIENT), &["route", "del", &format!("{}/32", self.0)]);
+    }
+}
+
+/// Another corner of the internet: a network namespace of its own on the nodes' segment (as the client
+/// namespace), optionally on a network that lets no UDP out (nftables drops every UDP datagram it sends,
+/// as a school's or a company's firewall does). Removed when dropped.
+#[derive(Debug)]
+pub struct Internet {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+impl Internet {
+    /// `name`: a few letters, unique among running tests; `host`: the last octet of its address on the
+    /// nodes' segment (the client has 100; take one above).
+    pub fn join(name: &str, host: u8, udp_blocked: bool) -> Self {
+        require();
+        let netns = format!("jk-net-{name}");
+        let hub_side = format!("i-{name}");
+        let ip = Ipv4Addr::new(10, 250, 0, host);
+        dataplane::delete_namespace(&netns);
+        let steps: Vec<(Option<&str>, Vec<String>)> = vec![
+            (None, vec!["netns".into(), "add".into(), netns.clone()]),
+            (
+                Some(&netns),
+                vec!["link".into(), "set".into(), "lo".into(), "up".into()],
+            ),
+            (
+                None,
+                [
+                    "link",
+                    "add",
+                    "eth0",
+                    "netns",
+                    &netns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &hub_side,
+                    "netns",
+                    dataplane::HUB,
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+            (
+                Some(dataplane::HUB),
+                ["link", "set", &hub_side, "master", "br0", "up"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+            (
+                Some(&netns),
+                vec![
+                    "addr".into(),
+                    "add".into(),
+                    format!("{ip}/{}", dataplane::NODE_PREFIX),
+                    "dev".into(),
+                    "eth0".into(),
+                ],
+            ),
+            (
+                Some(&netns),
+                ["link", "set", "eth0", "up"].map(str::to_owned).to_vec(),
+            ),
+        ];
+        for (in_netns, args) in &steps {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            dataplane::ip(*in_netns, &args).unwrap_or_else(|e| panic!("wiring {netns}: {e}"));
+        }
+        if udp_blocked {
+            let rules = "table inet jk_no_udp {\n  chain output {\n    type filter hook output priority 0; policy accept;\n    meta l4proto udp counter drop\n  }\n}\n";
+            let mut nft = Command::new("ip")
+                .args(["netns", "exec", &netns, "nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("running nft");
+            std::io::Write::write_all(nft.stdin.as_mut().expect("nft stdin"), rules.as_bytes())
+                .expect("writing the rules");
+            drop(nft.stdin.take());
+            assert!(
+                nft.wait().expect("nft").success(),
+                "nft refused the UDP block in {netns}"
+            );
+        }
+        Self { netns, ip }
+    }
+
+    /// Sends `address` (a stood-in load balancer) to `node`, which must then serve it.
+    pub fn route_via(&self, address: Ipv4Addr, node: &str) {
+        dataplane::ip(
+            Some(&self.netns),
+            &[
+                "route",
+                "replace",
+                &format!("{address}/32"),
+                "via",
+                &node_ip(node).to_string(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("routing {address} via {node}: {e}"));
+    }
+
+    /// `program` to be run from this corner of the internet.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
+
+    /// The UDP datagrams its firewall dropped so far.
+    pub fn udp_dropped(&self) -> u64 {
+        let output = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "jk_no_udp",
+            ])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.split_whitespace()
+            .skip_while(|word| *word != "packets")
+            .nth(1)
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        dataplane::delete_namespace(&self.netns);
     }
 }
 

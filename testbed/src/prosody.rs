@@ -27,6 +27,10 @@ pub struct ProsodyOptions {
     /// Accounts and guests as the jitsi/prosody image configures them; `None`: anonymous logins on
     /// [`DOMAIN`], rooms on [`MUC`].
     pub auth: Option<Auth>,
+    /// More global settings, verbatim (e.g. the image's rendered `external_services`), and the modules
+    /// they need.
+    pub global: String,
+    pub modules: Vec<String>,
 }
 
 /// The hosts and settings of the jitsi/prosody image's rendered configuration that decide who logs in
@@ -89,6 +93,8 @@ impl Default for ProsodyOptions {
             statistics: true,
             openmetrics_allow_ips: None,
             auth: None,
+            global: String::new(),
+            modules: Vec::new(),
         }
     }
 }
@@ -151,6 +157,8 @@ Component "{MUC}" "muc"
             Auth::config,
         );
         let http_host = options.auth.as_ref().map_or(DOMAIN, |auth| auth.domain.as_str());
+        let modules_more: String = options.modules.iter().map(|m| format!(" {m:?};")).collect();
+        let global = &options.global;
         let config = format!(
             r#"-- Written by the integration tests: like the jitsi/prosody image, on loopback and free ports.
 pidfile = "{dir}/prosody.pid"
@@ -165,11 +173,11 @@ http_interfaces = {{ "127.0.0.1" }}
 https_ports = {{ }}
 http_default_host = "{http_host}"
 log = {{ info = "{dir}/prosody.log" }}
-{statistics}{allow}modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "http_openmetrics"; "bosh"; "admin_shell" }}
+{statistics}{allow}modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "http_openmetrics"; "bosh"; "admin_shell";{modules_more} }}
 admin_socket = "{dir}/prosody.sock"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
-
+{global}
 {hosts}"#,
             dir = dir.display(),
             modules = modules.display(),
@@ -319,7 +327,8 @@ pub fn xmpp_python() -> PathBuf {
     let _guard = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = repo_root().join("target/xmpp-venv");
     let python = venv.join("bin/python");
-    let ready = venv.join(".slixmpp-1.17.0");
+    // aioice: the TURN client of tests/turn.rs (TURN over TLS, RFC 5766 allocations and channels).
+    let ready = venv.join(".slixmpp-1.17.0-aioice-0.10.1");
     if !ready.exists() {
         let status = Command::new("python3")
             .args(["-m", "venv"])
@@ -335,10 +344,14 @@ pub fn xmpp_python() -> PathBuf {
                 "--quiet",
                 "--disable-pip-version-check",
                 "slixmpp==1.17.0",
+                "aioice==0.10.1",
             ])
             .status()
-            .expect("pip install slixmpp");
-        assert!(status.success(), "pip install slixmpp==1.17.0 failed");
+            .expect("pip install slixmpp aioice");
+        assert!(
+            status.success(),
+            "pip install slixmpp==1.17.0 aioice==0.10.1 failed"
+        );
         std::fs::write(&ready, "").expect("marker");
     }
     python
@@ -497,4 +510,20 @@ fn login_command(prosody: &Prosody, jid: &str, credentials: Credentials, room: O
     }
     command.stderr(Stdio::inherit());
     command
+}
+
+/// The external services (XEP-0215) Prosody hands an anonymous participant of `domain`, as
+/// `testbed/xmpp/external_services.py` reads them: one JSON object of attributes per service.
+pub fn external_services(prosody: &Prosody, domain: &str) -> Result<Vec<serde_json::Value>, String> {
+    let output = Command::new(xmpp_python())
+        .arg(repo_root().join("testbed/xmpp/external_services.py"))
+        .args(["--port", &prosody.c2s_port.to_string(), "--domain", domain])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running external_services.py: {e}"))?;
+    let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() {
+        return Err(format!("{said} {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    serde_json::from_str(&said).map_err(|e| format!("{e}: {said}"))
 }

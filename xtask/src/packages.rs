@@ -7,11 +7,14 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 
 /// Command the tests run → the Debian package that ships it.
-const TEST_PROGRAMS: [(&str, &str); 3] = [
+const TEST_PROGRAMS: [(&str, &str); 5] = [
     ("promtool", "prometheus"),
     ("haproxy", "haproxy"),
     // The cluster DNS HAProxy resolves the shards' web Services through.
     ("dnsmasq", "dnsmasq-base"),
+    // The TURN relay of components/turn (tests/turn.rs), and its test certificate.
+    ("turnserver", "coturn"),
+    ("openssl", "openssl"),
 ];
 
 /// What the dataplane (`cluster up --dataplane`) runs: network namespaces and veths, kube-proxy's
