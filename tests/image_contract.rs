@@ -87,6 +87,11 @@ fn the_components_that_touch_jitsi_containers_keep_the_contract() {
     with_shard_component(&production.join("shard-0"), "jvb-advertise-from-node");
     with_shard_component(&production.join("shard-1"), "jvb-load-balancer");
     edit(
+        &production.join("shard-1/kustomization.yaml"),
+        "  - ../../../components/jvb-load-balancer\n",
+        "  - ../../../components/jvb-load-balancer\n  - ../../../components/jvb-public-address-required\n",
+    );
+    edit(
         &production.join("kustomization.yaml"),
         "  - ../../components/kube-prometheus\n",
         "  - ../../components/kube-prometheus-stack\n",

@@ -20,6 +20,7 @@ use testbed::{Cluster, eventually};
 const DEV: &str = "manifests/overlays/dev";
 const PRODUCTION: &str = "manifests/overlays/production";
 const GATEWAY_API: &str = "manifests/components/gateway-api";
+const TURN: &str = "manifests/components/turn";
 const KUBE_PROMETHEUS_STACK: &str = "manifests/components/kube-prometheus-stack";
 const BASE_PORT: &str = "service-per-pod/base-port";
 const SHARD_LABEL: &str = "jitsi.org/shard";
@@ -31,6 +32,7 @@ fn renderings() -> Vec<(&'static str, &'static [&'static str], Vec<Value>)> {
         (PRODUCTION, &[][..]),
         (PRODUCTION, &[KUBE_PROMETHEUS_STACK][..]),
         (PRODUCTION, &[GATEWAY_API][..]),
+        (PRODUCTION, &[TURN][..]),
     ]
     .into_iter()
     .map(|(overlay, components)| {
@@ -1303,4 +1305,101 @@ async fn the_load_balancer_component_lets_each_shards_bridges_read_only_their_pu
     assert!(!can("get", "pods"));
     namespace.delete().await;
     std::fs::remove_dir_all(&copy).unwrap();
+}
+
+/// docs/deploying.md's "Opening the media ports" is what `testbed::firewall` renders from the production
+/// overlay — the shards' blocks, merged — and the TURN relay's NetworkPolicy sends to exactly those blocks.
+#[test]
+fn the_guides_firewall_commands_and_the_relays_egress_open_exactly_the_shards_blocks() {
+    let objects = render_overlay("render-only", PRODUCTION, &[]);
+    let blocks = testbed::firewall::blocks(&objects);
+    assert_eq!(
+        blocks,
+        BTreeMap::from([
+            ("shard-0".to_owned(), (30300, 30399)),
+            ("shard-1".to_owned(), (30400, 30499)),
+        ])
+    );
+    let wanted = testbed::firewall::section(PRODUCTION, &objects);
+    let path = testbed::repo_root().join("docs/deploying.md");
+    let guide = std::fs::read_to_string(&path).unwrap();
+    let start = guide
+        .find("<!-- firewall: rendered")
+        .expect("the guide's firewall section");
+    let end_marker = "<!-- firewall: end -->\n";
+    let end = guide[start..].find(end_marker).expect("its end marker") + start + end_marker.len();
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, format!("{}{wanted}{}", &guide[..start], &guide[end..])).unwrap();
+        return;
+    }
+    assert!(
+        guide[start..end] == wanted,
+        "docs/deploying.md's firewall commands differ from the production overlay's ports \
+         (UPDATE_DOCS=1 cargo test -p integration-tests --test manifests firewall rewrites them):\n{wanted}"
+    );
+
+    let ranges = testbed::firewall::ranges(&blocks);
+    let with_turn = render_overlay("render-only", PRODUCTION, &[TURN]);
+    let policy = named(&with_turn, "NetworkPolicy", "turn");
+    let egress = &policy["spec"]["egress"][0]["ports"][0];
+    assert_eq!(
+        (egress["port"].as_u64(), egress["endPort"].as_u64()),
+        (Some(u64::from(ranges[0].0)), Some(u64::from(ranges[0].1))),
+        "components/turn's relay must reach exactly the production shards' blocks: {ranges:?}"
+    );
+    assert_eq!(ranges.len(), 1, "one range: the relay's policy carries one");
+}
+
+/// The guide's cloud recipes for LoadBalancer mode (GKE, EKS), pasted into a shard folder as it says, render
+/// to annotations the controller reads as meant.
+#[test]
+fn the_guides_load_balancer_recipes_render_to_what_the_controller_reads() {
+    use service_per_pod::annotations::{Expose, parse};
+    let guide = std::fs::read_to_string(testbed::repo_root().join("docs/deploying.md")).unwrap();
+    let recipe = |cloud: &str| -> String {
+        let from = guide.find(cloud).unwrap_or_else(|| panic!("no {cloud} recipe"));
+        let block = &guide[from..];
+        let start = block.find("```yaml\n").unwrap() + "```yaml\n".len();
+        let end = block[start..].find("```").unwrap() + start;
+        block[start..end]
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (cloud, class, node_ports, annotation) in [
+        ("**Google Cloud (GKE)", None, true, "cloud.google.com/l4-rbs"),
+        (
+            "**AWS (EKS)",
+            Some("service.k8s.aws/nlb"),
+            false,
+            "service.beta.kubernetes.io/aws-load-balancer-scheme",
+        ),
+    ] {
+        let copy = manifests::copy_of_manifests("lb-recipe");
+        let shard = copy.join("manifests/overlays/production/shard-0/kustomization.yaml");
+        let mut text = std::fs::read_to_string(&shard).unwrap();
+        text.push_str("components:\n  - ../../../components/jvb-load-balancer\n");
+        text.push_str(&recipe(cloud));
+        text.push('\n');
+        std::fs::write(&shard, text).unwrap();
+        let objects = manifests::render_dir(&copy.join("manifests/overlays/production"));
+        std::fs::remove_dir_all(&copy).unwrap();
+        let bridges = named(&objects, "StatefulSet", "shard-0-jvb");
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(bridges["metadata"]["annotations"].clone()).unwrap();
+        let opt_in = parse(&annotations)
+            .unwrap_or_else(|e| panic!("{cloud}: {e}"))
+            .expect("opted in");
+        let Expose::LoadBalancer(public) = opt_in.expose else {
+            panic!("{cloud}: not LoadBalancer mode")
+        };
+        assert_eq!(public.class.as_deref(), class, "{cloud}");
+        assert_eq!(public.node_ports, node_ports, "{cloud}");
+        assert!(
+            public.annotations.contains_key(annotation),
+            "{cloud}: {:?}",
+            public.annotations
+        );
+    }
 }

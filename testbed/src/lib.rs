@@ -15,6 +15,7 @@ pub mod control_plane;
 pub mod daemon;
 pub mod dataplane;
 pub mod fault_proxy;
+pub mod firewall;
 pub mod haproxy;
 pub mod jitsi_images;
 pub mod manifests;
