@@ -1402,4 +1402,15 @@ fn the_guides_load_balancer_recipes_render_to_what_the_controller_reads() {
             public.annotations
         );
     }
+    // An NLB has at most 50 listeners (AWS's quota, not adjustable): one per bridge port, so production's
+    // shards must stay within it to use the EKS recipe as they are.
+    let production = render_overlay("render-only", PRODUCTION, &[]);
+    for scaled in of_kind(&production, "ScaledObject") {
+        let most = scaled["spec"]["maxReplicaCount"].as_u64().unwrap();
+        assert!(
+            most <= 50,
+            "{}: {most} bridges > an NLB's 50 listeners",
+            name(scaled)
+        );
+    }
 }
