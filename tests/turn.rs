@@ -392,5 +392,6 @@ async fn a_participant_whose_network_drops_udp_gets_media_through_turn_on_443() 
     }
     drop(bridge);
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
     fx.namespace.delete().await;
 }
