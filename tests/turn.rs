@@ -112,8 +112,42 @@ impl Drop for Coturn {
     }
 }
 
-/// coturn in a relay pod's network, on the component's configuration (its paths moved to `dir`).
-fn start_coturn(net: &PodNet, config: &str, secret: &str, dir: &Path) -> Coturn {
+/// How the kubelet would start the relay's container, as `setpriv` arguments: its user and group, no new
+/// privileges when it may not escalate, and a bounding set of only the capabilities it adds.
+fn container_settings(deployment: &Value) -> Vec<String> {
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let id = |field: &str| {
+        container["securityContext"][field]
+            .as_u64()
+            .or_else(|| pod["securityContext"][field].as_u64())
+            .unwrap_or_else(|| panic!("the relay's {field}"))
+    };
+    let security = &container["securityContext"];
+    let added: Vec<String> = security["capabilities"]["add"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!(",+{}", c.as_str().unwrap().to_lowercase()))
+        .collect();
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    let mut settings = vec![
+        format!("--reuid={}", id("runAsUser")),
+        format!("--regid={}", id("runAsGroup")),
+        "--clear-groups".to_owned(),
+        format!("--bounding-set=-all{}", added.concat()),
+        "--inh-caps=-all".to_owned(),
+    ];
+    if security["allowPrivilegeEscalation"] == false {
+        settings.push("--no-new-privs".to_owned());
+    }
+    settings
+}
+
+/// coturn in a relay pod's network, started as the rendered Deployment starts it — its command and
+/// arguments, user, capabilities — on the component's configuration (paths moved to `dir`). The binary is
+/// Debian's given the file capability the image gives its own (coturn's docker/coturn/debian/Dockerfile).
+fn start_coturn(net: &PodNet, deployment: &Value, config: &str, secret: &str, dir: &Path) -> Coturn {
     let (cert, key) = certificate(dir);
     let config = config
         .replace("/etc/coturn/tls/tls.crt", &cert)
@@ -124,17 +158,62 @@ fn start_coturn(net: &PodNet, config: &str, secret: &str, dir: &Path) -> Coturn 
         );
     let path = dir.join("turnserver.conf");
     std::fs::write(&path, config).unwrap();
+    let binary = dir.join("turnserver");
+    std::fs::copy("/usr/bin/turnserver", &binary)
+        .expect("turnserver (Debian package coturn; cargo xtask test installs it)");
+    let status = Command::new("setcap")
+        .arg("CAP_NET_BIND_SERVICE=+ep")
+        .arg(&binary)
+        .status()
+        .expect("setcap (Debian package libcap2-bin)");
+    assert!(status.success(), "setcap failed");
+    let settings = container_settings(deployment);
+    let user: u32 = settings[0].trim_start_matches("--reuid=").parse().unwrap();
+    for file in [dir.to_path_buf(), path.clone(), cert.into(), key.into()] {
+        std::os::unix::fs::chown(&file, Some(user), Some(user)).unwrap();
+    }
+    // Why the container adds NET_BIND_SERVICE: without it in the bounding set the kernel will not even
+    // execute a binary that carries it as a file capability.
+    let stripped: Vec<String> = settings
+        .iter()
+        .map(|s| s.replace(",+net_bind_service", ""))
+        .collect();
+    let refused = net
+        .command("setpriv")
+        .args(&stripped)
+        .arg(&binary)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("Operation not permitted"),
+        "turnserver ran without NET_BIND_SERVICE: {refused:?}"
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"], json!(["turnserver"]));
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("/etc/coturn/turnserver.conf", &path.display().to_string())
+                .replace("$(TURN_SECRET)", secret)
+        })
+        .collect();
     let log = std::fs::File::create(dir.join("coturn.log")).unwrap();
     let coturn = Coturn(
-        net.command("turnserver")
-            .arg("-c")
-            .arg(&path)
-            .arg(format!("--static-auth-secret={secret}"))
+        net.command("setpriv")
+            .args(&settings)
+            .arg(&binary)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("starting turnserver (Debian package coturn; cargo xtask test installs it)"),
+            .expect("starting turnserver through setpriv"),
     );
     let deadline = Instant::now() + 10 * SECOND;
     loop {
@@ -288,6 +367,7 @@ async fn a_participant_whose_network_drops_udp_gets_media_through_turn_on_443() 
         "ConfigMap, Service, Deployment, PodDisruptionBudget, NetworkPolicy: {kinds:?}"
     );
     let mut turnserver_conf = String::new();
+    let mut deployment = Value::Null;
     for object in &mut relay_objects {
         object["metadata"]["namespace"] = json!(fx.namespace.name);
         if object["kind"] == "NetworkPolicy" {
@@ -297,6 +377,9 @@ async fn a_participant_whose_network_drops_udp_gets_media_through_turn_on_443() 
                 json!({ "protocol": "UDP", "port": 30300, "endPort": 30499 })
             );
             *ports = json!({ "protocol": "UDP", "port": base, "endPort": base + 9 });
+        }
+        if object["kind"] == "Deployment" {
+            deployment = object.clone();
         }
         if object["kind"] == "ConfigMap" {
             turnserver_conf = object["data"]["turnserver.conf"].as_str().unwrap().to_owned();
@@ -322,7 +405,7 @@ async fn a_participant_whose_network_drops_udp_gets_media_through_turn_on_443() 
         let pod_dir = dir.join(pod.name_any());
         std::fs::create_dir_all(&pod_dir).unwrap();
         let net = PodNet::attach(pod);
-        let coturn = start_coturn(&net, &turnserver_conf, &secret, &pod_dir);
+        let coturn = start_coturn(&net, &deployment, &turnserver_conf, &secret, &pod_dir);
         relays.push((net, coturn, pod_dir));
     }
     let cloud = json!({ "status": { "loadBalancer": { "ingress": [{ "ip": RELAY_ADDRESS.to_string() }] } } });

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 
 /// Command the tests run → the Debian package that ships it.
-const TEST_PROGRAMS: [(&str, &str); 5] = [
+const TEST_PROGRAMS: [(&str, &str); 7] = [
     ("promtool", "prometheus"),
     ("haproxy", "haproxy"),
     // The cluster DNS HAProxy resolves the shards' web Services through.
@@ -15,6 +15,9 @@ const TEST_PROGRAMS: [(&str, &str); 5] = [
     // The TURN relay of components/turn (tests/turn.rs), and its test certificate.
     ("turnserver", "coturn"),
     ("openssl", "openssl"),
+    // The relay's binary given the image's file capability, and started under its container's settings.
+    ("setcap", "libcap2-bin"),
+    ("setpriv", "util-linux"),
 ];
 
 /// What the dataplane (`cluster up --dataplane`) runs: network namespaces and veths, kube-proxy's
