@@ -11,9 +11,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde_json::Value;
 use testbed::jitsi_images::{self, ShardReport, Sources};
@@ -21,20 +19,9 @@ use testbed::manifests::{self, edit, render_dir, render_overlay};
 use testbed::prosody::{Auth, Credentials, InRoom, Prosody, ProsodyOptions, login};
 use testbed::repo_root;
 
-/// Sources found once per tag for the whole test binary (resolving builds `tpl`).
-fn sources(tag: &str) -> Result<Sources, String> {
-    static FOUND: Mutex<BTreeMap<String, Result<Sources, String>>> = Mutex::new(BTreeMap::new());
-    FOUND
-        .lock()
-        .unwrap()
-        .entry(tag.to_owned())
-        .or_insert_with(|| Sources::resolve(tag))
-        .clone()
-}
-
 fn contract(objects: &[Value], purpose: &str) -> Vec<ShardReport> {
     let work = repo_root().join("target/image-contract").join(purpose);
-    jitsi_images::check(objects, &work, &mut sources)
+    jitsi_images::check(objects, &work, &mut Sources::resolve_once)
 }
 
 fn findings(reports: &[ShardReport]) -> Vec<String> {
@@ -280,7 +267,7 @@ fn a_shard_whose_release_has_no_source_fails() {
 /// new variable: a copy of the pinned release's source, changed, given as JITSI_IMAGES_SRC.
 #[test]
 fn the_upgrade_command_names_what_changed_and_what_it_breaks() {
-    let pinned = sources("stable-11146-2").unwrap();
+    let pinned = Sources::resolve_once("stable-11146-2").unwrap();
     let next = repo_root().join(format!(
         "target/image-contract/next-release-{}",
         std::process::id()

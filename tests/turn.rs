@@ -13,11 +13,9 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -35,16 +33,6 @@ const SECOND: Duration = Duration::from_secs(1);
 /// The relay's public address, as a cloud would give its Service: the name in `TURNS_HOST` and its
 /// certificate.
 const RELAY_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 20);
-
-fn sources(tag: &str) -> Result<Sources, String> {
-    static FOUND: Mutex<BTreeMap<String, Result<Sources, String>>> = Mutex::new(BTreeMap::new());
-    FOUND
-        .lock()
-        .unwrap()
-        .entry(tag.to_owned())
-        .or_insert_with(|| Sources::resolve(tag))
-        .clone()
-}
 
 /// The production overlay with `components/turn`, as its header says to add it.
 fn production_with_turn() -> Vec<Value> {
@@ -296,7 +284,7 @@ async fn a_participant_whose_network_drops_udp_gets_media_through_turn_on_443() 
     // settings.
     let objects = production_with_turn();
     let work = repo_root().join("target/image-contract/turn");
-    let reports = jitsi_images::check(&objects, &work, &mut sources);
+    let reports = jitsi_images::check(&objects, &work, &mut Sources::resolve_once);
     let findings: Vec<String> = reports
         .iter()
         .flat_map(|r| r.findings.iter().map(ToString::to_string))

@@ -78,11 +78,6 @@ pub fn carried_only(
     )
 }
 
-/// The class a Service has: `spec.loadBalancerClass`, which the API server does not let change.
-pub fn class_of(service: &Value) -> Option<&str> {
-    service["spec"]["loadBalancerClass"].as_str()
-}
-
 /// Why the Service keeps a class other than the one asked for, when it does.
 pub fn class_kept(service: &str, wanted: Option<&str>, actual: Option<&str>) -> Option<String> {
     (wanted != actual).then(|| {

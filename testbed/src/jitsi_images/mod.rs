@@ -60,6 +60,19 @@ impl Sources {
         Self::resolve_from(tag, true)
     }
 
+    /// As [`Sources::resolve`], once per tag for the whole process (a test binary's tests share it:
+    /// resolving builds `tpl`).
+    pub fn resolve_once(tag: &str) -> Result<Self, String> {
+        static FOUND: std::sync::Mutex<BTreeMap<String, Result<Sources, String>>> =
+            std::sync::Mutex::new(BTreeMap::new());
+        FOUND
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tag.to_owned())
+            .or_insert_with(|| Self::resolve(tag))
+            .clone()
+    }
+
     /// As [`Sources::resolve`]; with `overrides` false, the environment variables naming checkouts
     /// (`JITSI_IMAGES_SRC`, …) are not looked at: for the release the shards pin, when those name the
     /// checkouts of the release an upgrade moves to.
