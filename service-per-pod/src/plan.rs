@@ -385,13 +385,7 @@ fn plan_load_balancer(inputs: &Inputs<'_>, name: &str, spec: &PublicService, pla
         .iter()
         .chain(adoptable(inputs))
         .find(|service| service.name_any() == name && service.metadata.deletion_timestamp.is_none());
-    let leftovers = unwanted_per_pod(
-        inputs,
-        &Mode::LoadBalancer {
-            name: name.to_owned(),
-            spec: spec.clone(),
-        },
-    );
+    let leftovers = unwanted_per_pod(inputs, inputs.mode);
     let leftover_ports: BTreeSet<u16> = leftovers.iter().flat_map(|service| node_ports(service)).collect();
     // The ports: every planned ordinal whose node port is not waiting for a retry; refused ordinals keep
     // the entries they have.
