@@ -55,6 +55,13 @@ impl Protocol {
     }
 }
 
+/// `program` to be run in network namespace `netns`.
+fn in_netns(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", netns]).arg(program);
+    command
+}
+
 /// One datagram from the internet (the client namespace) to `ip:port`: the answer, or None when nothing
 /// answers within half a second.
 pub fn probe(ip: Ipv4Addr, port: u16) -> Option<String> {
@@ -67,9 +74,7 @@ pub fn probe_from_internet(protocol: Protocol, ip: Ipv4Addr, port: u16) -> Optio
 }
 
 fn probe_from(netns: &str, protocol: Protocol, ip: Ipv4Addr, port: u16) -> Option<String> {
-    let output = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(binary("net-peer"))
+    let output = in_netns(netns, binary("net-peer"))
         .args(["probe", protocol.word(), &format!("{ip}:{port}"), "500"])
         .output()
         .expect("running net-peer probe");
@@ -192,9 +197,7 @@ impl PodNet {
     /// it answers from the pod's own node (which NetworkPolicy implementations let through, as for the
     /// kubelet's probes).
     pub fn serve(&mut self, protocol: Protocol, port: u16) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(binary("net-peer"))
+        let child = in_netns(&self.netns, binary("net-peer"))
             .args(["serve", protocol.word(), &port.to_string(), &self.name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -220,9 +223,7 @@ impl PodNet {
 
     /// `program` to be run in the pod's network namespace, as the pod's container would run it.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.netns]).arg(program);
-        command
+        in_netns(&self.netns, program)
     }
 }
 
@@ -340,8 +341,8 @@ impl Internet {
         }
         if udp_blocked {
             let rules = "table inet jk_no_udp {\n  chain output {\n    type filter hook output priority 0; policy accept;\n    meta l4proto udp counter drop\n  }\n}\n";
-            let mut nft = Command::new("ip")
-                .args(["netns", "exec", &netns, "nft", "-f", "-"])
+            let mut nft = in_netns(&netns, "nft")
+                .args(["-f", "-"])
                 .stdin(Stdio::piped())
                 .spawn()
                 .expect("running nft");
@@ -373,24 +374,13 @@ impl Internet {
 
     /// `program` to be run from this corner of the internet.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.netns]).arg(program);
-        command
+        in_netns(&self.netns, program)
     }
 
     /// The UDP datagrams its firewall dropped so far.
     pub fn udp_dropped(&self) -> u64 {
-        let output = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                "nft",
-                "list",
-                "table",
-                "inet",
-                "jk_no_udp",
-            ])
+        let output = in_netns(&self.netns, "nft")
+            .args(["list", "table", "inet", "jk_no_udp"])
             .output()
             .expect("nft list");
         let text = String::from_utf8_lossy(&output.stdout);
@@ -446,9 +436,7 @@ impl FlowRecord {
 impl Flow {
     pub fn start(ip: Ipv4Addr, port: u16) -> Self {
         require();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", CLIENT])
-            .arg(binary("net-peer"))
+        let mut child = in_netns(CLIENT, binary("net-peer"))
             .args(["flow", &format!("{ip}:{port}"), "50", "300"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
