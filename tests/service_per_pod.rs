@@ -285,7 +285,10 @@ async fn a_deleted_or_edited_service_is_restored() {
         .delete("jvb-1", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the deleted Service back", 2 * SECOND, || async {
+    // Usually within a tenth of a second; but the API server may refuse the node port it has just freed
+    // for a moment ("provided port is already allocated"), and the controller then retries after 1 s, 2 s,
+    // … (seen: 1.1 s, and once beyond 2 s). The time is printed; the test asks only that it comes back.
+    eventually("the deleted Service back", 10 * SECOND, || async {
         let service = fx.services().get_opt("jvb-1").await.ok()??;
         (ports(&service)[0].1 == Some(base + 1)).then_some(())
     })
